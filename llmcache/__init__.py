@@ -1,0 +1,53 @@
+"""llmcache: a tiered cache for LLM calls, as a LangChain drop-in.
+
+    from langchain_core.globals import set_llm_cache
+    from llmcache import TieredCache
+    set_llm_cache(TieredCache())
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from llmcache.backends.disk import DiskTier
+from llmcache.backends.memory import MemoryTier
+from llmcache.errors import (
+    ConfigurationError,
+    IntegrityError,
+    LLMCacheError,
+    SerializationError,
+    TierError,
+)
+from llmcache.langchain_adapter import TieredCache, default_directory
+from llmcache.stats import CacheStats, TierStats
+from llmcache.tiers import Tier
+
+if TYPE_CHECKING:
+    from llmcache.backends.redis import RedisTier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheStats",
+    "ConfigurationError",
+    "DiskTier",
+    "IntegrityError",
+    "LLMCacheError",
+    "MemoryTier",
+    "RedisTier",
+    "SerializationError",
+    "Tier",
+    "TierError",
+    "TierStats",
+    "TieredCache",
+    "default_directory",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisTier needs the optional redis package: import it on first use only.
+    if name == "RedisTier":
+        from llmcache.backends.redis import RedisTier
+
+        return RedisTier
+    raise AttributeError(f"module 'llmcache' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""The storage tiers. Each implements ``llmcache.tiers.Tier`` and nothing more."""

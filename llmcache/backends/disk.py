@@ -1,0 +1,158 @@
+"""DiskTier: an L2 on diskcache (SQLite underneath), bytes only.
+
+diskcache pickles any value that is not bytes/str/int/float, and unpickles
+whatever its database says was pickled. We hand it bytes only, and the
+``_BytesOnlyDisk`` below refuses to unpickle anything it finds: a foreign
+pickled row comes back as empty bytes, which the envelope rejects as corrupt,
+so the layering counts it, deletes it and refills the key cleanly.
+
+Several processes may share one directory: SQLite's locking makes that safe,
+and each process (each fork, too) opens its own connection lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from llmcache.errors import ConfigurationError
+
+__all__ = ["DiskTier"]
+
+_NOT_OURS = b""
+
+
+class _BytesOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+    """A diskcache ``Disk`` that stores str keys and bytes values, and never unpickles."""
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"DiskTier keys are str, got {type(key).__name__}")
+        return key, True
+
+    def get(self, key: Any, raw: bool) -> Any:
+        # A non-raw key is a pickle someone else wrote; never load it.
+        return key if raw else "\x00foreign-key"
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if type(value) is not bytes:
+            raise TypeError(f"DiskTier values are bytes, got {type(value).__name__}")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_RAW:
+            return bytes(value) if isinstance(value, (bytes, memoryview, sqlite3.Binary)) else _NOT_OURS
+        if mode == diskcache.core.MODE_BINARY:
+            return super().fetch(mode, filename, value, read)
+        return _NOT_OURS  # text or pickle: not something we wrote
+
+
+class DiskTier:
+    """A persistent L2 in a directory.
+
+    ``size_limit`` bounds the directory (diskcache culls the least recently
+    stored entries past it; "least recently stored" rather than "used", so a
+    read is not also a write that several processes would fight over).
+    ``timeout`` bounds how long SQLite may wait on another process's lock.
+    Nothing is opened or created until first use, the directory on first write.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        size_limit: int = 1 << 30,
+        timeout: float = 10.0,
+        name: str = "disk",
+    ) -> None:
+        if size_limit < 1 << 20:
+            raise ConfigurationError("size_limit must be at least 1 MiB")
+        if timeout <= 0:
+            raise ConfigurationError("timeout must be positive")
+        self.name = name
+        self.path = Path(path).expanduser()
+        self.size_limit = size_limit
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._cache: diskcache.Cache | None = None
+        self._pid = 0
+
+    def _open(self, *, create: bool) -> diskcache.Cache | None:
+        cache = self._cache
+        if cache is not None and self._pid == os.getpid():
+            return cache
+        with self._lock:
+            if self._cache is not None and self._pid == os.getpid():
+                return self._cache
+            if not create and not self.path.is_dir():
+                return None  # nothing written yet: don't create a directory to read it
+            self._cache = diskcache.Cache(
+                str(self.path),
+                disk=_BytesOnlyDisk,
+                size_limit=self.size_limit,
+                timeout=self.timeout,
+                tag_index=True,
+                eviction_policy="least-recently-stored",
+            )
+            self._pid = os.getpid()
+            return self._cache
+
+    def get(self, key: str) -> bytes | None:
+        cache = self._open(create=False)
+        if cache is None:
+            return None
+        value: bytes | None = cache.get(key, default=None, retry=True)
+        return value
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        cache = self._open(create=True)
+        assert cache is not None
+        namespace = key.split(":", 1)[0]
+        cache.set(key, value, expire=ttl, tag=namespace, retry=True)
+
+    def delete(self, key: str) -> None:
+        cache = self._open(create=False)
+        if cache is not None:
+            cache.delete(key, retry=True)
+
+    def clear(self, namespace: str) -> None:
+        """Remove this namespace's entries (by tag), and nothing else."""
+        cache = self._open(create=False)
+        if cache is None:
+            return
+        # Every entry is tagged with its namespace when written; the tag index
+        # makes this a range delete, not a scan of the whole directory.
+        cache.evict(namespace, retry=True)
+
+    def expire(self) -> int:
+        """Remove expired entries now (diskcache also does it while culling)."""
+        cache = self._open(create=False)
+        return 0 if cache is None else int(cache.expire(retry=True))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._cache is not None:
+                self._cache.close()
+                self._cache = None
+
+    async def aget(self, key: str) -> bytes | None:
+        # SQLite reads of a few KB take tens of microseconds: cheaper inline
+        # than a hop to a thread pool and back.
+        return self.get(key)
+
+    async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.set(key, value, ttl)
+
+    async def adelete(self, key: str) -> None:
+        self.delete(key)
+
+    async def aclear(self, namespace: str) -> None:
+        self.clear(namespace)
+
+    async def aclose(self) -> None:
+        self.close()

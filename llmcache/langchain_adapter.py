@@ -1,0 +1,191 @@
+"""TieredCache: LangChain's ``BaseCache`` face over the tier engine.
+
+This is the only module of the engine's path that imports LangChain's cache
+interface. It turns (prompt, llm_string) into a canonical key, generations
+into a stored payload and back, and drives the flows of ``tiers.Layers``
+with blocking calls (``lookup``/``update``) or awaits (``alookup``/``aupdate``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+
+from llmcache.backends.disk import DiskTier
+from llmcache.backends.memory import MemoryTier
+from llmcache.errors import ConfigurationError, SerializationError
+from llmcache.generations import dump_generations, load_generations, usage_tokens
+from llmcache.keys import cache_key, validate_namespace
+from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
+from llmcache.stats import CacheStats, Counters
+from llmcache.tiers import Flow, Hit, Layers, Tier
+
+__all__ = ["TieredCache", "default_directory"]
+
+
+class _Default:
+    """Marks an argument left out, where ``None`` means "switched off"."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def default_directory() -> Path:
+    """``$LLMCACHE_DIR``, else ``~/.cache/llmcache``."""
+    return Path(os.environ.get("LLMCACHE_DIR") or "~/.cache/llmcache").expanduser()
+
+
+class TieredCache(BaseCache):
+    """An LLM cache in tiers: L1 in memory, L2 on disk or Redis.
+
+    ``TieredCache()`` is an L1 MemoryTier over a DiskTier in
+    :func:`default_directory`. Pass ``l1=None`` or ``l2=None`` to switch a
+    tier off; ``l2`` also takes a ``redis://`` URL or a directory path.
+    ``secret`` (default: ``$LLMCACHE_SECRET``) signs every stored value.
+    Nothing is opened, created or connected until the first call.
+    """
+
+    def __init__(
+        self,
+        *,
+        l1: Tier | None | _Default = DEFAULT,
+        l2: Tier | str | os.PathLike[str] | None | _Default = DEFAULT,
+        namespace: str = "default",
+        ttl: float | None = None,
+        secret: str | bytes | None | _Default = DEFAULT,
+        clock: Callable[[], float] = time.time,
+        compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
+    ) -> None:
+        self.namespace = validate_namespace(namespace)
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise ConfigurationError(f"ttl must be a positive number of seconds or None: {ttl!r}")
+        self.ttl = ttl
+        tiers = [tier for tier in (_l1_tier(l1), _l2_tier(l2)) if tier is not None]
+        if not tiers:
+            raise ConfigurationError("at least one tier is needed (l1 and l2 are both None)")
+        if isinstance(secret, _Default):
+            signer = Signer.from_env()
+        else:
+            signer = None if secret is None else Signer.from_secret(secret)
+        self._layers = Layers(
+            tiers, signer=signer, clock=clock, compress_threshold=compress_threshold
+        )
+        self._clock = clock
+        self._counters = Counters("cache")
+
+    @property
+    def tiers(self) -> Sequence[Tier]:
+        return self._layers.tiers
+
+    # -- BaseCache ------------------------------------------------------------
+
+    def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        key = cache_key(self.namespace, prompt, llm_string)
+        return self._answer(self._layers.run(self._layers.get_flow(key)))
+
+    async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
+        key = cache_key(self.namespace, prompt, llm_string)
+        return self._answer(await self._layers.arun(self._layers.get_flow(key)))
+
+    def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        write = self._write(prompt, llm_string, return_val)
+        if write is not None:
+            self._layers.run(write)
+
+    async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        write = self._write(prompt, llm_string, return_val)
+        if write is not None:
+            await self._layers.arun(write)
+
+    def clear(self, **kwargs: Any) -> None:
+        """Remove this cache's namespace from every tier, and nothing else."""
+        self._layers.run(self._layers.clear_flow(self.namespace))
+
+    async def aclear(self, **kwargs: Any) -> None:
+        await self._layers.arun(self._layers.clear_flow(self.namespace))
+
+    # -- beyond BaseCache -----------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Hits, misses, errors and latency per tier; tokens saved by hits."""
+        counters = self._counters
+        return CacheStats(
+            lookups=counters.get("hits") + counters.get("misses"),
+            hits=counters.get("hits"),
+            misses=counters.get("misses"),
+            errors=counters.get("errors"),
+            tokens_saved=counters.get("tokens_saved"),
+            tiers=self._layers.stats(),
+        )
+
+    def reset_stats(self) -> None:
+        self._counters.reset()
+        self._layers.reset_stats()
+
+    def close(self) -> None:
+        self._layers.close()
+
+    async def aclose(self) -> None:
+        await self._layers.aclose()
+
+    def __repr__(self) -> str:
+        tiers = ", ".join(f"{tier.name}={type(tier).__name__}" for tier in self.tiers)
+        return f"TieredCache(namespace={self.namespace!r}, {tiers}, ttl={self.ttl})"
+
+    # -- shared by the sync and async paths -----------------------------------
+
+    def _answer(self, hit: Hit | None) -> RETURN_VAL_TYPE | None:
+        if hit is not None:
+            try:
+                generations = load_generations(hit.record.payload)
+            except SerializationError as exc:
+                self._counters.failure("errors", "decode generations", exc)
+            else:
+                self._counters.add("hits")
+                self._counters.add("tokens_saved", usage_tokens(hit.record.payload))
+                return generations
+        self._counters.add("misses")
+        return None
+
+    def _write(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Flow[int] | None:
+        """The write flow for an update, or None when there is nothing to store."""
+        if not return_val:
+            return None  # an empty list would read back as a hit with no answer
+        key = cache_key(self.namespace, prompt, llm_string)
+        expires_at = None if self.ttl is None else self._clock() + self.ttl
+        try:
+            raw = self._layers.encode(key, Record(dump_generations(return_val), expires_at))
+        except SerializationError as exc:
+            # A value we cannot store exactly is not stored; the call still succeeds.
+            self._counters.failure("errors", "encode", exc)
+            return None
+        return self._layers.set_flow(key, raw, self.ttl)
+
+
+def _l1_tier(l1: Tier | None | _Default) -> Tier | None:
+    return MemoryTier() if isinstance(l1, _Default) else l1
+
+
+def _l2_tier(l2: Tier | str | os.PathLike[str] | None | _Default) -> Tier | None:
+    if isinstance(l2, _Default):
+        return DiskTier(default_directory())
+    if isinstance(l2, str) and l2.startswith(_REDIS_SCHEMES):
+        try:
+            from llmcache.backends.redis import RedisTier
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                "a Redis L2 needs the redis extra: pip install 'llmcache[redis]'"
+            ) from exc
+        return RedisTier(l2)
+    if isinstance(l2, (str, os.PathLike)):
+        return DiskTier(l2)
+    return l2

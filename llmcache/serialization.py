@@ -1,0 +1,194 @@
+"""The stored envelope: one versioned, optionally signed and compressed record.
+
+Layout of the bytes a tier stores::
+
+    b"LLMC" | format version (1 byte) | flags (1 byte)
+    [ if signed: key-id length (1 byte) | key id | HMAC-SHA256 (32 bytes) ]
+    body: UTF-8 JSON {"p": payload, "e": expires_at or null, "d": {dependency: version}}
+          (zlib-compressed when the COMPRESSED flag is set)
+
+The MAC covers the header, the key id, the storage key and the body as
+stored, so a valid value copied under another key fails, and it is checked
+before anything is decompressed or parsed. The algorithm is never read from
+the stored bytes. No pickle: the body is JSON, and what the JSON may turn into
+is decided by the caller (``generations.py`` for LangChain values).
+
+Pure functions; the only state is an explicit ``Signer``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmcache.errors import ConfigurationError, IntegrityError, SerializationError
+
+__all__ = [
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "FORMAT_VERSION",
+    "MAX_DECOMPRESSED_BYTES",
+    "Record",
+    "Signer",
+    "decode",
+    "encode",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_COMPRESS_THRESHOLD = 4096
+#: A compressed body that inflates past this is refused (a zip bomb in a shared store).
+MAX_DECOMPRESSED_BYTES = 64 << 20
+
+_MAGIC = b"LLMC"
+_HEADER = len(_MAGIC) + 2
+_COMPRESSED = 0x01
+_SIGNED = 0x02
+_MAC_SIZE = hashlib.sha256().digest_size
+
+
+@dataclass(frozen=True)
+class Record:
+    """What one cache entry holds, once its bytes are verified and parsed."""
+
+    payload: Any
+    expires_at: float | None = None
+    dependencies: Mapping[str, int] = field(default_factory=dict)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def remaining_ttl(self, now: float) -> float | None:
+        return None if self.expires_at is None else max(self.expires_at - now, 0.0)
+
+
+@dataclass(frozen=True, repr=False)
+class Signer:
+    """An HMAC-SHA256 key with its id. ``repr`` never shows the secret."""
+
+    secret: bytes
+    key_id: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < 16:
+            raise ConfigurationError("the HMAC secret must be at least 16 bytes")
+        if not 1 <= len(self.key_id) <= 255:
+            raise ConfigurationError("the HMAC key id must be 1-255 bytes")
+
+    @classmethod
+    def from_secret(cls, secret: str | bytes, key_id: str | None = None) -> Signer:
+        raw = secret.encode() if isinstance(secret, str) else secret
+        # Derived from the secret when not given: rotating the secret changes
+        # the id, so old values are rejected by id before any MAC is computed.
+        kid = key_id or hashlib.sha256(b"llmcache-key-id" + raw).hexdigest()[:16]
+        return cls(secret=raw, key_id=kid.encode())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Signer | None:
+        """``LLMCACHE_SECRET`` (and optionally ``LLMCACHE_SECRET_ID``), or None."""
+        env = os.environ if environ is None else environ
+        secret = env.get("LLMCACHE_SECRET")
+        if not secret:
+            return None
+        return cls.from_secret(secret, env.get("LLMCACHE_SECRET_ID") or None)
+
+    def mac(self, header: bytes, key: str, body: bytes) -> bytes:
+        message = b"".join((header, self.key_id, b"\x00", key.encode(), b"\x00", body))
+        return hmac.new(self.secret, message, hashlib.sha256).digest()
+
+    def __repr__(self) -> str:
+        return f"Signer(key_id={self.key_id.decode(errors='replace')!r})"
+
+
+def encode(
+    record: Record,
+    *,
+    key: str,
+    signer: Signer | None = None,
+    compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
+) -> bytes:
+    """Encode ``record`` for storage under ``key``."""
+    document: dict[str, Any] = {"p": record.payload, "e": record.expires_at}
+    if record.dependencies:
+        document["d"] = dict(record.dependencies)
+    try:
+        body = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"value is not JSON-serializable: {exc}") from exc
+    data = body.encode("utf-8", "surrogatepass")
+    flags = 0
+    if len(data) > compress_threshold:
+        compressed = zlib.compress(data, 6)
+        if len(compressed) < len(data):
+            data, flags = compressed, flags | _COMPRESSED
+    if signer is None:
+        return _MAGIC + bytes((FORMAT_VERSION, flags)) + data
+    header = _MAGIC + bytes((FORMAT_VERSION, flags | _SIGNED))
+    mac = signer.mac(header, key, data)
+    return b"".join((header, bytes((len(signer.key_id),)), signer.key_id, mac, data))
+
+
+def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
+    """Verify and parse stored bytes. Raises SerializationError (or IntegrityError)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"stored value is {type(data).__name__}, not bytes")
+    data = bytes(data)
+    if len(data) < _HEADER or not data.startswith(_MAGIC):
+        raise SerializationError("not an llmcache value")
+    version, flags = data[4], data[5]
+    if version != FORMAT_VERSION:
+        raise SerializationError(f"unsupported format version {version}")
+    body = _verified_body(data, flags, key, signer)
+    if flags & _COMPRESSED:
+        body = _inflate(body)
+    try:
+        document = json.loads(body)
+        payload = document["p"]
+        expires_at = document.get("e")
+        dependencies = document.get("d") or {}
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise SerializationError(f"corrupt value body: {exc}") from exc
+    if expires_at is not None and not isinstance(expires_at, (int, float)):
+        raise SerializationError("corrupt expiry")
+    if not isinstance(dependencies, dict):
+        raise SerializationError("corrupt dependency versions")
+    return Record(payload=payload, expires_at=expires_at, dependencies=dependencies)
+
+
+def _verified_body(data: bytes, flags: int, key: str, signer: Signer | None) -> bytes:
+    if not flags & _SIGNED:
+        if signer is not None:
+            raise IntegrityError("unsigned value where a signature is required")
+        return data[_HEADER:]
+    if signer is None:
+        # We cannot check it, so we cannot trust it: a miss, then a refill unsigned.
+        raise IntegrityError("signed value but no secret is configured")
+    kid_len = data[_HEADER]
+    kid_end = _HEADER + 1 + kid_len
+    mac_end = kid_end + _MAC_SIZE
+    if len(data) < mac_end:
+        raise IntegrityError("truncated signature")
+    if data[_HEADER + 1 : kid_end] != signer.key_id:
+        raise IntegrityError("signed with another key id")
+    body = data[mac_end:]
+    expected = signer.mac(data[:_HEADER], key, body)
+    if not hmac.compare_digest(expected, data[kid_end:mac_end]):
+        raise IntegrityError("HMAC mismatch")
+    return body
+
+
+def _inflate(body: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(body, MAX_DECOMPRESSED_BYTES)
+    except zlib.error as exc:
+        raise SerializationError(f"corrupt compressed body: {exc}") from exc
+    if inflater.unconsumed_tail:
+        raise SerializationError("compressed body inflates past the size limit")
+    if not inflater.eof:
+        raise SerializationError("truncated compressed body")
+    return out
