@@ -30,6 +30,7 @@ from llmcache.errors import ConfigurationError
 __all__ = [
     "KEY_SCHEMA_VERSION",
     "TRANSPORT_PARAMS",
+    "KeyMemo",
     "cache_key",
     "canonical_llm_string",
     "canonical_prompt",
@@ -88,6 +89,30 @@ def validate_namespace(namespace: str) -> str:
 def namespace_prefix(namespace: str) -> str:
     """The prefix every key of ``namespace`` starts with."""
     return f"{namespace}:"
+
+
+class KeyMemo:
+    """Remembers recent keys: hashing a repeated prompt costs a dict lookup, not a sha256.
+
+    Bounded by entries and by prompt length, and emptied whole when full; the
+    function is pure, so forgetting is always safe.
+    """
+
+    def __init__(self, max_entries: int = 4096, max_prompt_chars: int = 16_384) -> None:
+        self.max_entries = max_entries
+        self.max_prompt_chars = max_prompt_chars
+        self._keys: dict[tuple[str, str, str], str] = {}
+
+    def key(self, namespace: str, prompt: str, llm_string: str) -> str:
+        memo_key = (namespace, prompt, llm_string)
+        found = self._keys.get(memo_key)
+        if found is None:
+            found = cache_key(namespace, prompt, llm_string)
+            if len(prompt) <= self.max_prompt_chars:
+                if len(self._keys) >= self.max_entries:
+                    self._keys.clear()
+                self._keys[memo_key] = found
+        return found
 
 
 def cache_key(namespace: str, prompt: str, llm_string: str) -> str:

@@ -19,8 +19,8 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from llmcache.backends.disk import DiskTier
 from llmcache.backends.memory import MemoryTier
 from llmcache.errors import ConfigurationError, SerializationError
-from llmcache.generations import dump_generations, load_generations, usage_tokens
-from llmcache.keys import cache_key, validate_namespace
+from llmcache.generations import compile_template, dump_generations, usage_tokens
+from llmcache.keys import KeyMemo, validate_namespace
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
 from llmcache.stats import CacheStats, Counters
 from llmcache.tiers import Flow, Hit, Layers, Tier
@@ -81,6 +81,7 @@ class TieredCache(BaseCache):
         )
         self._clock = clock
         self._counters = Counters("cache")
+        self._keys = KeyMemo()
 
     @property
     def tiers(self) -> Sequence[Tier]:
@@ -89,11 +90,11 @@ class TieredCache(BaseCache):
     # -- BaseCache ------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        key = cache_key(self.namespace, prompt, llm_string)
+        key = self._keys.key(self.namespace, prompt, llm_string)
         return self._answer(self._layers.run(self._layers.get_flow(key)))
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        key = cache_key(self.namespace, prompt, llm_string)
+        key = self._keys.key(self.namespace, prompt, llm_string)
         return self._answer(await self._layers.arun(self._layers.get_flow(key)))
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
@@ -145,14 +146,17 @@ class TieredCache(BaseCache):
 
     def _answer(self, hit: Hit | None) -> RETURN_VAL_TYPE | None:
         if hit is not None:
-            try:
-                generations = load_generations(hit.record.payload)
-            except SerializationError as exc:
-                self._counters.failure("errors", "decode generations", exc)
-            else:
+            derived = hit.record.derived
+            template = derived.get("generations")
+            if template is None:
+                try:
+                    template = derived["generations"] = compile_template(hit.record.payload)
+                except SerializationError as exc:
+                    self._counters.failure("errors", "decode generations", exc)
+            if template is not None:
                 self._counters.add("hits")
                 self._counters.add("tokens_saved", usage_tokens(hit.record.payload))
-                return generations
+                return template.build()
         self._counters.add("misses")
         return None
 
@@ -160,7 +164,7 @@ class TieredCache(BaseCache):
         """The write flow for an update, or None when there is nothing to store."""
         if not return_val:
             return None  # an empty list would read back as a hit with no answer
-        key = cache_key(self.namespace, prompt, llm_string)
+        key = self._keys.key(self.namespace, prompt, llm_string)
         expires_at = None if self.ttl is None else self._clock() + self.ttl
         try:
             raw = self._layers.encode(key, Record(dump_generations(return_val), expires_at))

@@ -31,6 +31,7 @@ from llmcache.errors import ConfigurationError, IntegrityError, SerializationErr
 
 __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",
+    "Encoded",
     "FORMAT_VERSION",
     "MAX_DECOMPRESSED_BYTES",
     "Record",
@@ -58,12 +59,35 @@ class Record:
     payload: Any
     expires_at: float | None = None
     dependencies: Mapping[str, int] = field(default_factory=dict)
+    #: Views derived from the payload by a reader (a compiled template), kept
+    #: with the record while it lives in this process; never stored.
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
     def remaining_ttl(self, now: float) -> float | None:
         return None if self.expires_at is None else max(self.expires_at - now, 0.0)
+
+
+class Encoded(bytes):
+    """Stored bytes that remember, in this process only, the record they encode.
+
+    An in-memory tier hands back the very object it was given, so a hit there
+    skips the MAC check and the JSON parse: the record was built (or already
+    verified) by this process. Any other tier stores and returns plain bytes,
+    which are verified and parsed in full.
+    """
+
+    record: Record
+    key: str
+
+    @classmethod
+    def of(cls, data: bytes, *, key: str, record: Record) -> Encoded:
+        encoded = cls(data)
+        encoded.record = record
+        encoded.key = key
+        return encoded
 
 
 @dataclass(frozen=True, repr=False)
@@ -110,7 +134,7 @@ def encode(
     key: str,
     signer: Signer | None = None,
     compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
-) -> bytes:
+) -> Encoded:
     """Encode ``record`` for storage under ``key``."""
     document: dict[str, Any] = {"p": record.payload, "e": record.expires_at}
     if record.dependencies:
@@ -126,14 +150,18 @@ def encode(
         if len(compressed) < len(data):
             data, flags = compressed, flags | _COMPRESSED
     if signer is None:
-        return _MAGIC + bytes((FORMAT_VERSION, flags)) + data
-    header = _MAGIC + bytes((FORMAT_VERSION, flags | _SIGNED))
-    mac = signer.mac(header, key, data)
-    return b"".join((header, bytes((len(signer.key_id),)), signer.key_id, mac, data))
+        stored = _MAGIC + bytes((FORMAT_VERSION, flags)) + data
+    else:
+        header = _MAGIC + bytes((FORMAT_VERSION, flags | _SIGNED))
+        mac = signer.mac(header, key, data)
+        stored = b"".join((header, bytes((len(signer.key_id),)), signer.key_id, mac, data))
+    return Encoded.of(stored, key=key, record=record)
 
 
 def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
     """Verify and parse stored bytes. Raises SerializationError (or IntegrityError)."""
+    if type(data) is Encoded and data.key == key:
+        return data.record
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"stored value is {type(data).__name__}, not bytes")
     data = bytes(data)

@@ -206,10 +206,12 @@ class Layers:
                 counters.add("misses")
                 continue
             counters.add("hits")
-            ttl = record.remaining_ttl(now)
-            for upper in range(index):
-                yield Put(upper, key, raw, ttl)
-                self._counters[upper].add("writes")
+            if index:
+                ttl = record.remaining_ttl(now)
+                promoted = serialization.Encoded.of(raw, key=key, record=record)
+                for upper in range(index):
+                    yield Put(upper, key, promoted, ttl)
+                    self._counters[upper].add("writes")
             return Hit(record, self.tiers[index].name)
         return None
 

@@ -40,9 +40,9 @@ class _BytesOnlyDisk(diskcache.Disk):  # type: ignore[misc]
         return key if raw else "\x00foreign-key"
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if type(value) is not bytes:
+        if not isinstance(value, bytes):
             raise TypeError(f"DiskTier values are bytes, got {type(value).__name__}")
-        return super().store(value, read, key=key)
+        return super().store(bytes(value), read, key=key)
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_RAW:
