@@ -104,7 +104,7 @@ class Counters:
     def failure(self, counter: str, what: str, exc: BaseException) -> None:
         """Count a failure and log it: loudly the first time per kind, quietly after."""
         self.add(counter)
-        kind = f"{counter}:{type(exc).__name__}"
+        kind = f"{what}:{type(exc).__name__}"
         with self._lock:
             first = kind not in self._logged
             self._logged.add(kind)

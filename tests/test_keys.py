@@ -1,0 +1,182 @@
+"""Canonical keys: same meaning, same key; anything that changes the answer, another key."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from langchain_core.load import dumps
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_openai import ChatOpenAI
+
+from llmcache import ConfigurationError, LLMCacheError
+from llmcache.keys import KeyMemo, cache_key, canonical_prompt, validate_namespace
+
+BASE = "http://127.0.0.1:9/v1"
+
+
+def _llm_string(**overrides: object) -> str:
+    params: dict[str, object] = {"model": "gpt-4o-mini", "api_key": "k", "base_url": BASE}
+    params.update(overrides)
+    return ChatOpenAI(**params)._get_llm_string()  # type: ignore[arg-type]
+
+
+def _key(prompt: str, llm_string: str, namespace: str = "default") -> str:
+    return cache_key(namespace, prompt, llm_string)
+
+
+PROMPT = dumps([SystemMessage("You estimate nutrients."), HumanMessage("bibimbap")])
+
+
+def test_key_shape() -> None:
+    key = _key(PROMPT, _llm_string())
+    namespace, digest = key.split(":")
+    assert namespace == "default"
+    assert len(digest) == 64
+    assert int(digest, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        {"max_retries": 7},
+        {"timeout": 3.5},
+        {"api_key": "another-key"},
+        {"streaming": True},
+        {"default_headers": {"x-trace": "1"}},
+    ],
+)
+def test_transport_parameters_do_not_change_the_key(transport: dict[str, object]) -> None:
+    assert _key(PROMPT, _llm_string(**transport)) == _key(PROMPT, _llm_string())
+
+
+@pytest.mark.parametrize(
+    "meaningful",
+    [
+        {"model": "gpt-4o"},
+        {"temperature": 0.7},
+        {"max_tokens": 12},
+        {"stop": ["\n"]},
+        {"base_url": "http://127.0.0.1:10/v1"},
+        {"seed": 3},
+    ],
+)
+def test_parameters_that_change_the_answer_change_the_key(meaningful: dict[str, object]) -> None:
+    assert _key(PROMPT, _llm_string(**meaningful)) != _key(PROMPT, _llm_string())
+
+
+def test_call_time_tools_change_the_key_even_when_a_property_is_named_timeout() -> None:
+    model = ChatOpenAI(model="gpt-4o-mini", api_key="k", base_url=BASE)
+
+    def tool(props: dict[str, object]) -> str:
+        bound = model.bind_tools(
+            [{"type": "function", "function": {"name": "f", "parameters": props}}]
+        )
+        return model._get_llm_string(**bound.kwargs)  # type: ignore[attr-defined]
+
+    with_timeout = tool({"type": "object", "properties": {"timeout": {"type": "number"}}})
+    without = tool({"type": "object", "properties": {}})
+    assert _key(PROMPT, with_timeout) != _key(PROMPT, without)
+    assert _key(PROMPT, with_timeout) != _key(PROMPT, model._get_llm_string())
+
+
+def test_message_ids_do_not_change_the_key() -> None:
+    with_ids = dumps([SystemMessage("s", id="a1"), HumanMessage("bibimbap", id="b2")])
+    without = dumps([SystemMessage("s"), HumanMessage("bibimbap")])
+    assert _key(with_ids, "l") == _key(without, "l")
+
+
+def test_earlier_ai_turns_usage_and_metadata_do_not_change_the_key() -> None:
+    def conversation(ai: AIMessage) -> str:
+        return dumps([HumanMessage("hi"), ai, HumanMessage("and then?")])
+
+    first_run = AIMessage(
+        "hello",
+        id="chatcmpl-1",
+        usage_metadata={"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+        response_metadata={"token_usage": {"total_tokens": 4}, "model_name": "gpt-4o-mini"},
+    )
+    # What LangChain hands back on a cache hit: a zeroed cost, another id.
+    replayed = AIMessage(
+        "hello",
+        id="lc_cache-x",
+        usage_metadata={"input_tokens": 3, "output_tokens": 1, "total_tokens": 4, "total_cost": 0},  # type: ignore[typeddict-unknown-key]
+    )
+    assert _key(conversation(first_run), "l") == _key(conversation(replayed), "l")
+    assert _key(conversation(AIMessage("goodbye")), "l") != _key(conversation(replayed), "l")
+
+
+def test_tool_calls_of_earlier_turns_change_the_key() -> None:
+    def with_call(args: dict[str, object]) -> str:
+        ai = AIMessage("", tool_calls=[{"name": "f", "args": args, "id": "c1"}])
+        return dumps([HumanMessage("q"), ai, ToolMessage("42", tool_call_id="c1")])
+
+    assert _key(with_call({"x": 1}), "l") != _key(with_call({"x": 2}), "l")
+
+
+def test_namespace_and_content_change_the_key() -> None:
+    llm = _llm_string()
+    assert _key(PROMPT, llm, "a") != _key(PROMPT, llm, "b")
+    other = dumps([SystemMessage("You estimate nutrients."), HumanMessage("bulgogi")])
+    assert _key(other, llm) != _key(PROMPT, llm)
+
+
+def test_plain_text_prompts_are_kept_verbatim() -> None:
+    assert canonical_prompt("Tell me a joke") == "Tell me a joke"
+    assert canonical_prompt('["not", "messages", "id": "x"]') == '["not", "messages", "id": "x"]'
+    assert _key("a", "l") != _key("a ", "l")
+
+
+def test_unparseable_llm_strings_are_kept_verbatim() -> None:
+    odd = "{not json---[('stop', None)]"
+    assert _key(PROMPT, odd) != _key(PROMPT, odd + " ")
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "a b", "x" * 65, "ü"])
+def test_bad_namespaces_are_rejected(bad: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        validate_namespace(bad)
+    assert isinstance(raised.value, LLMCacheError)
+
+
+def test_key_memo_agrees_with_the_function_and_stays_bounded() -> None:
+    memo = KeyMemo(max_entries=8)
+    for index in range(50):
+        prompt = f"prompt {index % 12}"
+        assert memo.key("ns", prompt, "l") == cache_key("ns", prompt, "l")
+    assert len(memo._keys) <= 8
+
+
+_texts = st.text(min_size=0, max_size=40)
+
+
+@given(contents=st.lists(_texts, min_size=1, max_size=5), ids=st.lists(_texts, min_size=5, max_size=5))
+def test_property_ids_never_matter(contents: list[str], ids: list[str]) -> None:
+    plain = dumps([HumanMessage(c) for c in contents])
+    with_ids = dumps([HumanMessage(c, id=i or None) for c, i in zip(contents, ids)])
+    assert _key(plain, "l") == _key(with_ids, "l")
+
+
+@given(a=st.lists(_texts, min_size=1, max_size=4), b=st.lists(_texts, min_size=1, max_size=4))
+def test_property_different_conversations_never_collide(a: list[str], b: list[str]) -> None:
+    key_a = _key(dumps([HumanMessage(c) for c in a]), "l")
+    key_b = _key(dumps([HumanMessage(c) for c in b]), "l")
+    assert (key_a == key_b) == (a == b)
+
+
+@given(
+    tokens=st.integers(min_value=0, max_value=10**6),
+    cost=st.floats(min_value=0, max_value=10, allow_nan=False),
+    reply=_texts,
+)
+def test_property_usage_of_earlier_turns_never_matters(tokens: int, cost: float, reply: str) -> None:
+    usage = {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens}
+    first = dumps([HumanMessage("q"), AIMessage(reply, usage_metadata=usage), HumanMessage("r")])
+    replay = dumps(
+        [
+            HumanMessage("q"),
+            AIMessage(reply, usage_metadata={**usage, "total_cost": cost}),  # type: ignore[typeddict-item]
+            HumanMessage("r"),
+        ]
+    )
+    assert _key(first, "l") == _key(replay, "l")
