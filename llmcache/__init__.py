@@ -18,12 +18,12 @@ from llmcache.errors import (
     SerializationError,
     TierError,
 )
-from llmcache.langchain_adapter import TieredCache, default_directory
 from llmcache.stats import CacheStats, TierStats
 from llmcache.tiers import Tier
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
+    from llmcache.langchain_adapter import TieredCache, default_directory
 
 __version__ = "0.1.0"
 
@@ -44,10 +44,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # RedisTier needs the optional redis package: import it on first use only.
-    if name == "RedisTier":
-        from llmcache.backends.redis import RedisTier
+# Imported on first use: RedisTier needs the optional redis package, and the
+# LangChain face is not needed by plain-Python users of the engine.
+_LAZY = {
+    "RedisTier": "llmcache.backends.redis",
+    "TieredCache": "llmcache.langchain_adapter",
+    "default_directory": "llmcache.langchain_adapter",
+}
 
-        return RedisTier
-    raise AttributeError(f"module 'llmcache' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmcache' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
