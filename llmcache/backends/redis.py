@@ -1,0 +1,466 @@
+"""RedisTier: a shared L2 on Redis or Redis Cluster, sync and natively async.
+
+Like every tier it is a dumb byte store: it keeps the engine's bytes as they
+are (signed by the engine when ``LLMCACHE_SECRET`` is set), under
+``prefix + "<namespace>:<digest>"``, with the TTL kept by the server (SET PX).
+
+* Sync calls use redis-py; async calls use redis.asyncio directly, no thread
+  hop. An async client belongs to the loop it was created in, so there is one
+  per running loop, closed when that loop shuts down its async generators
+  (``asyncio.run`` and pytest-asyncio do), never used from another loop.
+* Concurrent async operations are auto-batched (``redis_batch``): one MGET,
+  or one pipeline per cluster master, per event-loop tick.
+* Fail-open is the engine's job; this tier's part is to fail fast. Short
+  socket and connect timeouts, no client-side retries, and a circuit breaker
+  per server (per master on a cluster) that refuses calls at once while the
+  server is down. Every failure is raised as ``TierError`` from the driver's
+  exception.
+* Nothing connects until the first call; clients passed in are never closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.cluster
+import redis.retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, ResponseError
+
+from llmcache.backends.breaker import CircuitBreaker
+from llmcache.backends.redis_batch import AutoBatcher, Result, run_cluster, run_single
+from llmcache.errors import ConfigurationError, TierError
+from llmcache.keys import namespace_prefix
+
+__all__ = ["RedisTier"]
+
+_SCHEMES = ("redis://", "rediss://", "unix://")
+_SCAN_COUNT = 1000
+# What a client of one kind needs from a client of the other kind to reach the same server.
+_PORTABLE = ("host", "port", "db", "username", "password", "client_name", "protocol",
+             "credential_provider", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
+             "ssl_ca_certs", "ssl_ca_data", "ssl_check_hostname", "ssl_password")  # fmt: skip
+
+Step = tuple[str, Any, Any]  # ("scan", node, (cursor, match)) or ("unlink", node, keys)
+
+
+@dataclass(eq=False)
+class _LoopState:
+    """What the tier keeps per running event loop."""
+
+    client: Any
+    batcher: AutoBatcher
+    owned: bool
+    closer: AsyncGenerator[None, None] | None = None
+    closed: bool = False
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.batcher.aclose()
+        if self.owned:
+            await self.client.aclose()
+
+
+class RedisTier:
+    """A tier on a Redis server (``redis://``, ``rediss://``, ``unix://``) or cluster.
+
+    ``RedisTier("redis://host:6379/0")``, ``RedisTier("redis://host:7000", cluster=True)``
+    or ``RedisTier(client=redis.Redis(...), async_client=redis.asyncio.Redis(...))``.
+    Given one client only, the tier opens (and later closes) the other kind to the
+    same server; on a cluster pass both. ``client_options`` go to the clients the
+    tier creates. ``socket_timeout``/``connect_timeout`` bound each call while the
+    breaker is closed; ``failure_threshold`` consecutive failures open a server's
+    breaker for ``cooldown`` seconds of the injected ``clock``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        cluster: bool = False,
+        client: Any = None,
+        async_client: Any = None,
+        prefix: str = "llmcache:",
+        socket_timeout: float = 0.25,
+        connect_timeout: float = 0.5,
+        failure_threshold: int = 3,
+        cooldown: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_batch: int = 512,
+        client_options: Mapping[str, Any] | None = None,
+        name: str = "redis",
+    ) -> None:
+        if url is None and client is None and async_client is None:
+            raise ConfigurationError("RedisTier needs a URL, or a client and/or async_client")
+        if url is not None and (client is not None or async_client is not None):
+            raise ConfigurationError("pass either a URL or clients, not both")
+        if url is not None and not (isinstance(url, str) and url.startswith(_SCHEMES)):
+            raise ConfigurationError(f"a Redis URL starts with one of {_SCHEMES}: {url!r}")
+        cluster = cluster or isinstance(client, redis.cluster.RedisCluster) or isinstance(
+            async_client, redis.asyncio.cluster.RedisCluster)  # fmt: skip
+        if cluster and url is not None and url.startswith("unix://"):
+            raise ConfigurationError("a Redis Cluster is reached over TCP, not unix://")
+        if cluster and url is None and (client is None or async_client is None):
+            raise ConfigurationError("on a cluster pass both client and async_client")
+        if socket_timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        if max_batch < 1:
+            raise ConfigurationError("max_batch must be at least 1")
+        self.name = name
+        self.url = url
+        self.cluster = cluster
+        self.prefix = prefix
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.max_batch = max_batch
+        self._options = dict(client_options or {})
+        self._byo_client, self._byo_async = client, async_client
+        self._breaker_settings = (failure_threshold, cooldown, clock)
+        CircuitBreaker(failure_threshold, cooldown, clock=clock)  # validates the settings now
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+        self._sync: Any = client
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]
+        self._loops = weakref.WeakKeyDictionary()
+        # The breaker for calls made before a cluster's map is known (and for clear).
+        self._seed = "server" if not cluster else _node_name(url) if url else "cluster"
+
+    # -- breakers and errors ------------------------------------------------------
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breaker of each server asked so far ("server", or "host:port" per master)."""
+        with self._lock:
+            return dict(self._breakers)
+
+    def _breaker(self, node: str) -> CircuitBreaker:
+        breaker = self._breakers.get(node)
+        if breaker is None:
+            threshold, cooldown, clock = self._breaker_settings
+            with self._lock:
+                breaker = self._breakers.setdefault(
+                    node,
+                    CircuitBreaker(threshold, cooldown, clock=clock, name=f"{self.name} {node}"),
+                )
+        return breaker
+
+    def _failed(self, breaker: CircuitBreaker, what: str, exc: Exception) -> TierError:
+        if isinstance(exc, ResponseError) and not isinstance(exc, ClusterDownError):
+            breaker.success()  # the server answered: alive, whatever it said
+        else:
+            breaker.failure()
+        return TierError(f"{self.name}: {what} failed ({type(exc).__name__}: {exc})")
+
+    @contextmanager
+    def _guard(self, node: str, what: str) -> Iterator[None]:
+        breaker = self._breaker(node)
+        breaker.check()
+        try:
+            yield
+        except Exception as exc:
+            raise self._failed(breaker, what, exc) from exc
+        breaker.success()
+
+    async def _aguard(
+        self, node: str, round_trip: Callable[[], Awaitable[list[Result]]]
+    ) -> list[Result]:
+        breaker = self._breaker(node)
+        breaker.check()
+        try:
+            # Socket timeouts bound each read; this bounds the whole round trip,
+            # reconnects and cluster redirections included.
+            result = await asyncio.wait_for(
+                round_trip(), self.connect_timeout + self.socket_timeout
+            )
+        except Exception as exc:
+            raise self._failed(breaker, "round trip", exc) from exc
+        breaker.success()
+        return result
+
+    # -- keys -----------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _match(self, namespace: str) -> str:
+        return _glob_escape(self.prefix + namespace_prefix(namespace)) + "*"
+
+    # -- clients ----------------------------------------------------------------------
+
+    def _timeouts(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+        }
+
+    def _client(self) -> Any:
+        client = self._sync
+        if client is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = self._new_sync_client()
+                client = self._sync
+        return client
+
+    def _new_sync_client(self) -> Any:
+        # No client-side retries: a retry against a dead server doubles the wait,
+        # and the engine answers a failed lookup with the model anyway.
+        options = {**self._timeouts(), "retry": redis.retry.Retry(NoBackoff(), 0), **self._options}
+        if self.url is None:  # only an async client was given: reach the same server
+            return redis.Redis(**options, **_portable(self._byo_async))
+        if self.cluster:
+            return redis.cluster.RedisCluster.from_url(self.url, **options)
+        return redis.Redis.from_url(self.url, **options)
+
+    def _new_async_client(self) -> Any:
+        retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
+        options = {**self._timeouts(), "retry": retry, **self._options}
+        if self.url is None:
+            return redis.asyncio.Redis(**options, **_portable(self._byo_client))
+        if self.cluster:
+            return redis.asyncio.cluster.RedisCluster.from_url(self.url, **options)
+        return redis.asyncio.Redis.from_url(self.url, **options)
+
+    def _node(self, rkey: str) -> str:
+        """The breaker name for ``rkey``: its master on a cluster."""
+        if not self.cluster:
+            return "server"
+        if self._sync is None:
+            return self._seed  # the client is created (and the cluster mapped) in the guard
+        try:
+            return str(self._sync.get_node_from_key(rkey).name)
+        except redis.RedisError:
+            return self._seed
+
+    async def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is not None:
+            return state
+        with self._lock:  # a loop closed without shutting down: its state is dead weight
+            for old in [old for old in self._loops if old.is_closed()]:
+                del self._loops[old]
+        owned = self._byo_async is None
+        client = self._new_async_client() if owned else self._byo_async
+        run = run_cluster if self.cluster else run_single
+        batcher = AutoBatcher(
+            lambda batch: run(client, batch, self._aguard), max_batch=self.max_batch
+        )
+        state = _LoopState(client, batcher, owned)
+        state.closer = self._close_with(weakref.ref(loop), state)
+        await state.closer.asend(None)  # parked: the loop finalizes it when it shuts down
+        with self._lock:
+            self._loops[loop] = state
+        return state
+
+    async def _close_with(
+        self, loop: weakref.ref[asyncio.AbstractEventLoop], state: _LoopState
+    ) -> AsyncGenerator[None, None]:
+        # asyncio.run() (and every asyncio.Runner) closes the async generators of a
+        # loop before closing it: the one hook there is to release a loop's sockets.
+        try:
+            yield
+        finally:
+            running = loop()
+            if running is not None:
+                with self._lock:
+                    self._loops.pop(running, None)
+                if not running.is_closed():
+                    await state.aclose()
+
+    # -- Tier: sync -----------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        rkey = self._key(key)
+        with self._guard(self._node(rkey), "get"):
+            try:
+                value: bytes | None = self._client().get(rkey)
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                value = None  # another type under our key: absent for us (the next set replaces it)
+        return value
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        rkey, value = self._key(key), _as_bytes(value)
+        with self._guard(self._node(rkey), "set"):
+            self._client().set(rkey, value, px=_px(ttl))
+
+    def delete(self, key: str) -> None:
+        rkey = self._key(key)
+        with self._guard(self._node(rkey), "delete"):
+            self._client().unlink(rkey)
+
+    def clear(self, namespace: str) -> None:
+        """UNLINK this namespace's keys, found by SCAN (on every master); never FLUSHDB."""
+        with self._guard(self._seed, "clear"):
+            client = self._client()
+            nodes = client.get_primaries() if self.cluster else [None]
+        steps, reply = self._clear_steps(namespace, nodes), None
+        with suppress(StopIteration):
+            while True:
+                step = steps.send(reply)
+                with self._guard(_name(step[1]), "clear"):
+                    pending, finish = self._command(client, step)
+                    reply = finish(pending)
+
+    def close(self) -> None:
+        """Close what this tier opened, in every loop it can still reach."""
+        with self._lock:
+            states = list(self._loops.items())
+            self._loops.clear()
+            sync, self._sync = self._sync, self._byo_client
+        if sync is not None and sync is not self._byo_client:
+            sync.close()
+        for loop, state in states:
+            _close_state_from_outside(loop, state)
+
+    # -- Tier: async ------------------------------------------------------------------------
+
+    async def aget(self, key: str) -> bytes | None:
+        if not self.cluster and self._breaker("server").state == "open":
+            self._breaker("server").check()  # refuse now, not one loop tick later
+        state = self._loops.get(asyncio.get_running_loop()) or await self._state()
+        value: bytes | None = await state.batcher.submit("get", self._key(key))
+        return value
+
+    async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        value = _as_bytes(value)
+        state = self._loops.get(asyncio.get_running_loop()) or await self._state()
+        await state.batcher.submit("set", self._key(key), value, _px(ttl))
+
+    async def adelete(self, key: str) -> None:
+        state = self._loops.get(asyncio.get_running_loop()) or await self._state()
+        await state.batcher.submit("delete", self._key(key))
+
+    async def aclear(self, namespace: str) -> None:
+        client = (await self._state()).client
+        with self._guard(self._seed, "clear"):
+            if self.cluster:
+                await client.initialize()
+            nodes = client.get_primaries() if self.cluster else [None]
+        steps, reply = self._clear_steps(namespace, nodes), None
+        with suppress(StopIteration):
+            while True:
+                step = steps.send(reply)
+                with self._guard(_name(step[1]), "clear"):
+                    pending, finish = self._command(client, step)
+                    reply = finish(await pending)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            state = self._loops.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state.aclose()
+        self.close()
+
+    # -- clear, written once for both drivers ---------------------------------------------
+
+    def _clear_steps(self, namespace: str, nodes: list[Any]) -> Generator[Step, Any, None]:
+        match = self._match(namespace)
+        for node in nodes:
+            cursor = 0
+            while True:
+                cursor, keys = yield ("scan", node, (cursor, match))
+                if keys:
+                    yield ("unlink", node, keys)
+                if not cursor:
+                    break
+
+    def _command(self, client: Any, step: Step) -> tuple[Any, Callable[[Any], Any]]:
+        """Issue one step; returns the reply (or awaitable) and what turns it into a result."""
+        what, node, arg = step
+        if what == "scan":
+            cursor, match = arg
+            if node is None:
+                return client.scan(cursor, match=match, count=_SCAN_COUNT), _same
+            pending = client.scan(cursor, match=match, count=_SCAN_COUNT, target_nodes=node)
+            return pending, lambda reply: (reply[0][node.name], reply[1])
+        if node is None:
+            return client.unlink(*arg), _same
+        pipe = client.pipeline()  # the keys of one master may sit in many slots
+        for key in arg:
+            pipe.unlink(key)
+        return pipe.execute(), _same
+
+    def __repr__(self) -> str:
+        where = _redact(self.url) if self.url else "clients passed in"
+        return f"RedisTier({where!r}, cluster={self.cluster}, prefix={self.prefix!r})"
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _same(reply: Any) -> Any:
+    return reply
+
+
+def _name(node: Any) -> str:
+    return "server" if node is None else str(node.name)
+
+
+def _px(ttl: float | None) -> int | None:
+    # At least 1 ms: PX 0 is an error, and an entry with no time left is as good as gone.
+    return None if ttl is None else max(1, math.ceil(ttl * 1000))
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"RedisTier values are bytes, got {type(value).__name__}")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _node_name(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def _portable(client: Any) -> dict[str, Any]:
+    """Connection settings of ``client`` that a client of the other kind can use."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    portable = {name: kwargs[name] for name in _PORTABLE if name in kwargs}
+    if "path" in kwargs:
+        portable["unix_socket_path"] = kwargs["path"]
+    if "SSL" in pool.connection_class.__name__:
+        portable["ssl"] = True
+    return portable
+
+
+def _close_state_from_outside(loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
+    """Close a loop's client from sync code, as far as that loop allows."""
+    if loop.is_closed():
+        return  # its sockets went with it
+    if loop.is_running():
+        # Called from inside the loop (a sync close in async code) or from another thread.
+        asyncio.run_coroutine_threadsafe(state.aclose(), loop)
+        return
+    loop.run_until_complete(state.aclose())

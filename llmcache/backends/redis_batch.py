@@ -1,0 +1,182 @@
+"""Auto-batching for the async Redis path: many awaits, few round trips.
+
+An ``asyncio.gather`` of a hundred ``ainvoke`` calls issues a hundred cache
+lookups within one turn of the event loop. Sent one by one they cost a
+hundred round trips and, with redis.asyncio, a hundred pooled connections.
+The :class:`AutoBatcher` queues them instead: the first operation of a loop
+tick schedules a flush with ``call_soon``; every operation queued before the
+flush runs goes out with it, as one MGET (single server) or one pipeline per
+cluster node. Each caller awaits its own future and gets its own result, or
+its own error.
+
+The round-trip functions here know Redis; the batcher does not. Breaker
+checks and error wrapping are the tier's (``guard``), applied per round trip,
+so a dead cluster node fails its own keys only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llmcache.errors import TierError
+
+__all__ = ["AutoBatcher", "Op", "Pending", "RoundTrip", "run_cluster", "run_single"]
+
+Op = Literal["get", "set", "delete"]
+Result = Any  # bytes | None for a get, None for a write; or an exception instance
+RoundTrip = Callable[[Sequence["Pending"]], Awaitable[list[Result]]]
+#: ``guard(node, round_trip)``: the tier's breaker check and error wrapping around one
+#: round trip; raises (a TierError) when the round trip fails or may not go out.
+Guard = Callable[[str, Callable[[], Awaitable[list[Result]]]], Awaitable[list[Result]]]
+
+
+@dataclass(slots=True)
+class Pending:
+    op: Op
+    key: str  # the full Redis key, prefix included
+    value: bytes | None
+    px: int | None  # TTL in milliseconds, for a set
+    future: asyncio.Future[Any]
+
+
+class AutoBatcher:
+    """Coalesces the operations queued in one event-loop tick into one flush.
+
+    Bound to the loop it was created in; the tier keeps one per running loop.
+    A flush larger than ``max_batch`` operations is split into several round
+    trips, sent concurrently.
+    """
+
+    def __init__(self, round_trip: RoundTrip, *, max_batch: int = 512) -> None:
+        self._round_trip = round_trip
+        self._max_batch = max_batch
+        self._loop = asyncio.get_running_loop()
+        self._queue: list[Pending] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.round_trips = 0  # how many flushes went out: for tests and stats
+
+    def submit(
+        self, op: Op, key: str, value: bytes | None = None, px: int | None = None
+    ) -> asyncio.Future[Any]:
+        future = self._loop.create_future()
+        self._queue.append(Pending(op, key, value, px, future))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        for start in range(0, len(queue), self._max_batch):
+            task = self._loop.create_task(self._run(queue[start : start + self._max_batch]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[Pending]) -> None:
+        self.round_trips += 1
+        try:
+            results = await self._round_trip(batch)
+        except asyncio.CancelledError:
+            for pending in batch:
+                pending.future.cancel()
+            raise
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for pending, result in zip(batch, results, strict=False):
+            if pending.future.done():
+                continue  # its caller gave up (cancelled); nobody to tell
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+
+    async def aclose(self) -> None:
+        """Cancel what is queued and in flight (the loop is going away)."""
+        for pending in self._queue:
+            pending.future.cancel()
+        self._queue = []
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# -- round trips ----------------------------------------------------------------
+
+
+async def run_single(client: Any, batch: Sequence[Pending], guard: Guard) -> list[Result]:
+    """One round trip to one server: a bare MGET when the batch is all gets."""
+
+    async def round_trip() -> list[Result]:
+        if all(pending.op == "get" for pending in batch):
+            return list(await client.mget([pending.key for pending in batch]))
+        async with client.pipeline(transaction=False) as pipe:
+            _queue_commands(pipe, batch)
+            return _results(batch, await pipe.execute(raise_on_error=False))
+
+    return await guard("server", round_trip)
+
+
+async def run_cluster(client: Any, batch: Sequence[Pending], guard: Guard) -> list[Result]:
+    """One pipeline per master, sent concurrently; a failing master fails its keys only."""
+    await client.initialize()  # no-op once the slot map is known
+    groups: dict[str, list[int]] = {}
+    for index, pending in enumerate(batch):
+        groups.setdefault(client.get_node_from_key(pending.key).name, []).append(index)
+
+    async def for_node(node: str, indices: list[int]) -> list[Result]:
+        members = [batch[index] for index in indices]
+
+        async def round_trip() -> list[Result]:
+            # Keys in different slots cannot share an MGET, even on one node;
+            # the cluster pipeline sends per-key commands in one round trip.
+            pipe = client.pipeline()
+            _queue_commands(pipe, members)
+            return _results(members, await pipe.execute(raise_on_error=False))
+
+        try:
+            return await guard(node, round_trip)
+        except Exception as exc:
+            return [exc] * len(members)
+
+    results: list[Result] = [None] * len(batch)
+    answers = await asyncio.gather(*(for_node(node, idx) for node, idx in groups.items()))
+    for indices, values in zip(groups.values(), answers, strict=False):
+        for index, value in zip(indices, values, strict=False):
+            results[index] = value
+    return results
+
+
+def _queue_commands(pipe: Any, batch: Sequence[Pending]) -> None:
+    for pending in batch:
+        if pending.op == "get":
+            pipe.get(pending.key)
+        elif pending.op == "set":
+            pipe.set(pending.key, pending.value, px=pending.px)
+        else:
+            pipe.unlink(pending.key)
+
+
+def _results(batch: Sequence[Pending], replies: Sequence[Any]) -> list[Result]:
+    """Per-operation replies; a per-operation error becomes a TierError for its caller only."""
+    results: list[Result] = []
+    for pending, reply in zip(batch, replies, strict=False):
+        if isinstance(reply, Exception):
+            if pending.op == "get" and "WRONGTYPE" in str(reply):
+                reply = None  # another type under our key: absent for us, as MGET says
+            else:
+                error = TierError(f"redis {pending.op} failed: {reply}")
+                error.__cause__ = reply
+                reply = error
+        elif pending.op != "get":
+            reply = None
+        results.append(reply)
+    return results
