@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 from pydantic import BaseModel
@@ -37,7 +39,6 @@ _GENERATIONS: dict[str, type[Generation]] = {
     cls.__name__: cls for cls in (Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk)
 }
 _MESSAGES: dict[str, type[BaseMessage]] = {cls.__name__: cls for cls in (AIMessage, AIMessageChunk)}
-_CONTAINERS = frozenset({dict, list})
 _Model = TypeVar("_Model", bound=BaseModel)
 _FIELDS: dict[type[BaseModel], frozenset[str]] = {
     cls: frozenset(cls.model_fields) for cls in (*_GENERATIONS.values(), *_MESSAGES.values())
@@ -64,7 +65,6 @@ _MESSAGE_SCHEMAS = {
     name: {field: _FIELD_TYPES[field] for field in cls.model_fields if field != "type"}
     for name, cls in _MESSAGES.items()
 }
-_ID_STATE: list[Any] = [0, "", itertools.count()]
 
 
 def dump_generations(generations: Sequence[Generation]) -> list[dict[str, Any]]:
@@ -98,53 +98,78 @@ def _dump_one(generation: Generation) -> dict[str, Any]:
     return item
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Part:
-    """One validated generation: its classes and fields, ready to be copied and built."""
+    """One validated generation, kept as JSON so that parsing it is the deep copy."""
 
     generation_cls: type[Generation]
-    generation_fields: dict[str, Any]
+    text: str
+    info_json: bytes | None
     message_cls: type[BaseMessage] | None
-    message_fields: dict[str, Any] | None
+    message_json: bytes
+    # The decoded dicts themselves, handed to the first build only: a record
+    # just read from disk or Redis is used once, and needs no second parse.
+    fresh: tuple[Any, Any] | None = None
 
 
 class Template:
     """A validated stored payload that builds fresh generations on every call.
 
     Checking the payload is done once per stored record (``compile_template``);
-    an in-memory hit on the same record then only copies containers and builds
-    objects. ``build`` copies every container: mutating what a hit returned
-    never changes the cache.
+    an in-memory hit on the same record then only parses its JSON (which makes
+    every container new, at a third of the cost of a recursive copy) and
+    builds objects: mutating what a hit returned never changes the cache.
     """
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_lock", "_parts", "tokens")
 
-    def __init__(self, parts: list[_Part]) -> None:
+    def __init__(self, parts: list[_Part], tokens: int) -> None:
         self._parts = parts
+        self._lock = threading.Lock()
+        self.tokens = tokens  #: what the stored response cost upstream (0 when unknown)
 
     def build(self) -> list[Generation]:
         generations: list[Generation] = []
         for part in self._parts:
-            fields = _copy(part.generation_fields)
+            fresh = None
+            if part.fresh is not None:
+                with self._lock:  # two threads must never both take the same dicts
+                    fresh, part.fresh = part.fresh, None
+            if fresh is not None:
+                info, message_fields = fresh
+            else:
+                info = None if part.info_json is None else orjson.loads(part.info_json)
+                message_fields = orjson.loads(part.message_json) if part.message_cls else None
+            fields = {"text": part.text, "generation_info": info}
             if part.message_cls is not None:
-                message_fields = _copy(part.message_fields)
                 # Every hit is a new message: LangChain and its tracers key on message ids.
                 message_fields["id"] = _fresh_id()
+                message_fields["type"] = _TYPE_DEFAULTS[part.message_cls]
                 fields["message"] = _build(part.message_cls, message_fields)
+            fields["type"] = _TYPE_DEFAULTS[part.generation_cls]
             generations.append(_build(part.generation_cls, fields))
         return generations
 
 
 def load_generations(payload: Any) -> list[Generation]:
     """Fresh generation objects from a stored payload, each message with a new id."""
-    return compile_template(payload).build()
+    return compile_template(payload, owned=False).build()
 
 
-def compile_template(payload: Any) -> Template:
-    """Check a stored payload against the allowlist. Raises SerializationError."""
+def compile_template(payload: Any, *, owned: bool) -> Template:
+    """Check a stored payload against the allowlist. Raises SerializationError.
+
+    With ``owned``, the first build hands out ``payload``'s own containers:
+    only for a payload nobody else holds (one just parsed from stored bytes).
+    """
     if not isinstance(payload, list) or not payload:
         raise SerializationError("stored generations are not a non-empty list")
-    return Template([_compile_one(item) for item in payload])
+    tokens = usage_tokens(payload)
+    parts = [_compile_one(item) for item in payload]
+    if not owned:
+        for part in parts:
+            part.fresh = None
+    return Template(parts, tokens)
 
 
 def _compile_one(item: Any) -> _Part:
@@ -155,11 +180,18 @@ def _compile_one(item: Any) -> _Part:
     info = item.get("info")
     if cls is None or not isinstance(text, str) or not isinstance(info, (dict, type(None))):
         raise SerializationError(f"not an allowed generation: {item.get('type')!r}")
-    fields = {"text": text, "generation_info": info, "type": _TYPE_DEFAULTS[cls]}
+    info_json = None if info is None else _to_json(info)
     if not issubclass(cls, ChatGeneration):
-        return _Part(cls, fields, None, None)
-    message_cls, message_fields = _compile_message(item.get("message"))
-    return _Part(cls, fields, message_cls, message_fields)
+        return _Part(cls, text, info_json, None, b"", fresh=(info, None))
+    message_cls, fields = _compile_message(item.get("message"))
+    return _Part(cls, text, info_json, message_cls, _to_json(fields), fresh=(info, fields))
+
+
+def _to_json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise SerializationError(f"stored value is not plain JSON: {exc}") from exc
 
 
 def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
@@ -180,7 +212,7 @@ def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
         calls = fields.get(name)
         if calls and not all(type(call) is dict for call in calls):
             raise SerializationError(f"message field {name!r} holds a non-object")
-    return cls, {**fields, "type": _TYPE_DEFAULTS[cls]}
+    return cls, fields
 
 
 def _build(cls: type[_Model], fields: dict[str, Any]) -> _Model:
@@ -200,25 +232,23 @@ def _build(cls: type[_Model], fields: dict[str, Any]) -> _Model:
     return instance
 
 
-def _copy(value: Any) -> Any:
-    """A deep copy of JSON data (dicts, lists, scalars): much cheaper than deepcopy."""
-    kind = type(value)
-    if kind is dict:
-        if not value:
-            return {}
-        return {k: _copy(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
-    if kind is list:
-        if not value:
-            return []
-        return [_copy(v) if type(v) in _CONTAINERS else v for v in value]
-    return value
-
-
 def _fresh_id() -> str:
     # uuid4() costs ~3 µs a hit; a random per-process tag plus a counter is unique too.
-    if _ID_STATE[0] != os.getpid():
-        _ID_STATE[:] = [os.getpid(), f"{os.urandom(6).hex()}{os.getpid():x}", itertools.count()]
-    return f"lc_cache-{_ID_STATE[1]}-{next(_ID_STATE[2])}"
+    return f"lc_cache-{_ids.tag}-{next(_ids.counter)}"
+
+
+class _Ids:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.tag = f"{os.urandom(6).hex()}{os.getpid():x}"
+        self.counter = itertools.count()
+
+
+_ids = _Ids()
+if hasattr(os, "register_at_fork"):  # a forked child must not repeat the parent's ids
+    os.register_at_fork(after_in_child=_ids.reset)
 
 
 def usage_tokens(payload: Any) -> int:

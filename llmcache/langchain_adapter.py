@@ -19,7 +19,7 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from llmcache.backends.disk import DiskTier
 from llmcache.backends.memory import MemoryTier
 from llmcache.errors import ConfigurationError, SerializationError
-from llmcache.generations import compile_template, dump_generations, usage_tokens
+from llmcache.generations import compile_template, dump_generations
 from llmcache.keys import KeyMemo, validate_namespace
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
 from llmcache.stats import CacheStats, Counters
@@ -150,12 +150,13 @@ class TieredCache(BaseCache):
             template = derived.get("generations")
             if template is None:
                 try:
-                    template = derived["generations"] = compile_template(hit.record.payload)
+                    template = compile_template(hit.record.payload, owned=hit.parsed)
+                    derived["generations"] = template
                 except SerializationError as exc:
                     self._counters.failure("errors", "decode generations", exc)
             if template is not None:
                 self._counters.add("hits")
-                self._counters.add("tokens_saved", usage_tokens(hit.record.payload))
+                self._counters.add("tokens_saved", template.tokens)
                 return template.build()
         self._counters.add("misses")
         return None

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from llmcache.errors import ConfigurationError, IntegrityError, SerializationError
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "Signer",
     "decode",
     "encode",
+    "parse_json",
 ]
 
 FORMAT_VERSION = 1
@@ -140,10 +143,12 @@ def encode(
     if record.dependencies:
         document["d"] = dict(record.dependencies)
     try:
-        body = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # The standard library, not orjson, on the write path: orjson would
+        # store NaN as null, and this runs once per LLM call, not per hit.
+        body = json.dumps(document, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"value is not JSON-serializable: {exc}") from exc
-    data = body.encode("utf-8", "surrogatepass")
+    data = body.encode("ascii")
     flags = 0
     if len(data) > compress_threshold:
         compressed = zlib.compress(data, 6)
@@ -174,7 +179,7 @@ def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
     if flags & _COMPRESSED:
         body = _inflate(body)
     try:
-        document = json.loads(body)
+        document = parse_json(body)
         payload = document["p"]
         expires_at = document.get("e")
         dependencies = document.get("d") or {}
@@ -185,6 +190,22 @@ def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
     if not isinstance(dependencies, dict):
         raise SerializationError("corrupt dependency versions")
     return Record(payload=payload, expires_at=expires_at, dependencies=dependencies)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strict JSON: orjson on the hit path, the standard library for what it refuses.
+
+    orjson rejects a few valid documents (lone surrogate escapes, integers past
+    64 bits); the fallback takes those. NaN and Infinity are refused by both.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _verified_body(data: bytes, flags: int, key: str, signer: Signer | None) -> bytes:

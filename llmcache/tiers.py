@@ -119,6 +119,9 @@ Flow = Generator[Op, Any, T]
 class Hit:
     record: Record
     tier: str
+    #: True when the record was parsed from stored bytes in this lookup, so
+    #: nobody else holds its payload yet; False for an in-process record.
+    parsed: bool
 
 
 class Layers:
@@ -195,6 +198,7 @@ class Layers:
                 counters.add("misses")
                 continue
             now = self.clock()
+            parsed = not (type(raw) is serialization.Encoded and raw.key == key)
             try:
                 record = serialization.decode(raw, key=key, signer=self.signer)
             except SerializationError as exc:
@@ -212,7 +216,7 @@ class Layers:
                 for upper in range(index):
                     yield Put(upper, key, promoted, ttl)
                     self._counters[upper].add("writes")
-            return Hit(record, self.tiers[index].name)
+            return Hit(record, self.tiers[index].name, parsed)
         return None
 
     def encode(self, key: str, record: Record) -> bytes:

@@ -299,3 +299,17 @@ async def test_plain_llms_async(tmp_path: Path) -> None:
     first = await asyncio.gather(llm.ainvoke("q1"), llm.ainvoke("q2"))
     again = await asyncio.gather(llm.ainvoke("q1"), llm.ainvoke("q2"))
     assert first == again
+
+
+def test_mutating_a_promoted_hit_never_changes_l1(tmp_path: Path) -> None:
+    TieredCache(l1=None, l2=DiskTier(tmp_path)).update("p", "l", ANSWER)
+    cache = TieredCache(l2=DiskTier(tmp_path))
+    from_disk = cache.lookup("p", "l")  # parsed from disk, promoted into L1
+    assert from_disk is not None
+    from_disk[0].message.content = "poisoned"  # type: ignore[attr-defined]
+    from_disk[0].message.usage_metadata["total_tokens"] = -1  # type: ignore[attr-defined]
+    from_memory = cache.lookup("p", "l")
+    assert _content(from_memory) == "41 g carbs"
+    assert from_memory[0].message.usage_metadata["total_tokens"] == 30  # type: ignore[index]
+    assert cache.stats().tiers["memory"].hits == 1
+    assert cache.stats().tokens_saved == 60
