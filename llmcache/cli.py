@@ -1,0 +1,322 @@
+"""The ``llmcache`` command: demo, simulate, stats, clear.
+
+Each subcommand is a pair: ``_add_<name>(subparsers)`` declares its arguments and sets
+``handler``; ``_<name>(args) -> int`` does the work, importing anything heavy inside.
+To add one (``invalidate``, ``gc``), write the pair and list the ``_add_`` function in
+``_SUBCOMMANDS``. A handler raises :class:`~llmcache.errors.LLMCacheError` (wrapping a
+driver's error with ``raise ... from exc``) for anything the user can fix: ``main`` prints
+it as one line on stderr and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from llmcache.errors import ConfigurationError, LLMCacheError, TierError
+from llmcache.keys import validate_namespace
+
+__all__ = ["build_parser", "main"]
+
+_Subparsers = Any  # argparse's _SubParsersAction is private; its type adds nothing here
+# A stored key is "<namespace>:<sha256 hex>" (after RedisTier's prefix).
+_ENTRY_KEY = re.compile(r"([A-Za-z0-9_.\-]{1,64}):[0-9a-f]{64}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (and exit 2, as argparse does)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``llmcache`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except LLMCacheError as exc:
+        print(f"llmcache {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="llmcache", description="A tiered cache for LLM calls.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: _Subparsers) -> None:
+    from llmcache import demo  # light at import: its heavy imports are inside demo.run
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="nutrient extraction for a few hundred menu items: uncached, cold, warm",
+        description="The parallel ainvoke job of the seed, uncached and through TieredCache, "
+        "against a local simulator (no network, no key) or --openai.",
+    )
+    demo.add_arguments(parser)
+    parser.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from llmcache import demo
+
+    return demo.run(args)
+
+
+# -- simulate ----------------------------------------------------------------------------
+
+
+def _add_simulate(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="serve an OpenAI-compatible chat-completions simulator until Ctrl-C",
+        description="Serve an OpenAI-compatible simulator; point ChatOpenAI(base_url=...) at "
+        "the printed URL with any api_key. Prints 'listening on URL' first.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="median time to first byte")
+    parser.add_argument("--latency-sigma", type=float, default=0.0, help="lognormal spread")
+    parser.add_argument("--per-token-ms", type=float, default=0.0, help="time per output token")
+    parser.set_defaults(handler=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    if min(args.latency_ms, args.latency_sigma, args.per_token_ms) < 0:
+        raise ConfigurationError("latencies must be 0 or more")
+    try:
+        from llmcache.simulator import SimulatorConfig, run_forever
+    except ImportError as exc:
+        raise ConfigurationError(f"simulate needs: pip install 'llmcache[demo]' ({exc})") from exc
+    config = SimulatorConfig(
+        latency_ms=args.latency_ms,
+        latency_sigma=args.latency_sigma,
+        per_token_ms=args.per_token_ms,
+    )
+    try:
+        run_forever(config, args.host, args.port)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+    return 0
+
+
+# -- stats and clear ---------------------------------------------------------------------
+
+
+@dataclass
+class _Count:
+    entries: int = 0
+    size: int | None = 0  # bytes; None when the store cannot tell cheaply
+    expired: int = 0
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser, namespace_help: str) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--dir", type=Path, help="a disk cache directory (default: $LLMCACHE_DIR "
+                       "or ~/.cache/llmcache)")  # fmt: skip
+    where.add_argument("--url", help="a Redis URL: redis://host:6379/0")
+    parser.add_argument("--namespace", help=namespace_help)
+    parser.add_argument(
+        "--prefix", default="llmcache:", help="RedisTier key prefix (default 'llmcache:')"
+    )
+
+
+def _add_stats(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "stats", help="entries and bytes per namespace in a cache directory or Redis"
+    )
+    _add_store_arguments(parser, "only this namespace (default: all)")
+    parser.set_defaults(handler=_stats)
+
+
+def _add_clear(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "clear", help="remove one namespace's entries, leaving other namespaces alone"
+    )
+    _add_store_arguments(parser, "the namespace to remove (default: 'default')")
+    parser.set_defaults(handler=_clear)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    namespace = None if args.namespace is None else validate_namespace(args.namespace)
+    where, counts = _inventory(args, namespace)
+    if not counts:
+        suffix = "" if namespace is None else f" in namespace {namespace!r}"
+        print(f"{where}: no entries{suffix}")
+        return 0
+    rows = [("namespace", "entries", "size", "expired")]
+    rows += [(name, *_cells(counts[name])) for name in sorted(counts)]
+    if len(counts) > 1:
+        sizes = [count.size for count in counts.values()]
+        total = _Count(
+            sum(count.entries for count in counts.values()),
+            None if None in sizes else sum(size or 0 for size in sizes),
+            sum(count.expired for count in counts.values()),
+        )
+        rows.append(("(total)", *_cells(total)))
+    print(where)
+    for line in _table(rows):
+        print(f"  {line}")
+    return 0
+
+
+def _cells(count: _Count) -> tuple[str, str, str]:
+    return str(count.entries), _size(count.size), str(count.expired)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as aligned lines: the first column to the left, the others to the right."""
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    cells = (zip(row, widths, strict=True) for row in rows)
+    return ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(r)) for r in cells]
+
+
+def _clear(args: argparse.Namespace) -> int:
+    namespace = validate_namespace("default" if args.namespace is None else args.namespace)
+    where, before = _inventory(args, None)
+    tier = _tier(args)
+    try:
+        tier.clear(namespace)
+    except LLMCacheError:
+        raise
+    except Exception as exc:  # a tier may raise its driver's errors: report them, one line
+        raise TierError(f"clear failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        tier.close()
+    _, after = _inventory(args, None)
+    removed = before.get(namespace, _Count()).entries - after.get(namespace, _Count()).entries
+    others = sum(count.entries for name, count in after.items() if name != namespace)
+    print(
+        f"{where}: cleared namespace {namespace!r}: {removed} entries removed;"
+        f" {others} entries in other namespaces left alone"
+    )
+    return 0
+
+
+def _tier(args: argparse.Namespace) -> Any:
+    if args.url is not None:
+        try:
+            from llmcache.backends.redis import RedisTier
+        except ImportError as exc:
+            raise ConfigurationError(f"a Redis URL needs the redis extra ({exc})") from exc
+        return RedisTier(args.url, prefix=args.prefix)
+    from llmcache.backends.disk import DiskTier
+
+    return DiskTier(_directory(args))
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    if args.dir is not None:
+        return Path(args.dir).expanduser()
+    from llmcache.langchain_adapter import default_directory
+
+    return default_directory()
+
+
+def _inventory(args: argparse.Namespace, namespace: str | None) -> tuple[str, dict[str, _Count]]:
+    """(where, counts per namespace) of the store the arguments name."""
+    if args.url is not None:
+        where = f"redis {_redact(args.url)} prefix {args.prefix!r}"
+        return where, _redis_counts(args.url, args.prefix, namespace)
+    directory = _directory(args)
+    return f"disk {directory}", _disk_counts(directory, namespace)
+
+
+def _disk_counts(directory: Path, namespace: str | None) -> dict[str, _Count]:
+    """Entries per namespace, read from diskcache's index without opening it for writing.
+
+    DiskTier tags every entry with its namespace, and diskcache keeps the tag, the inline
+    value and the file size of every entry in the ``Cache`` table of ``cache.db``. A
+    read-only connection never creates a directory or rewrites diskcache's settings.
+    """
+    database = directory / "cache.db"
+    if not database.is_file():
+        return {}
+    query = (
+        "SELECT tag, COUNT(*), SUM(COALESCE(LENGTH(value), 0) + size),"
+        " SUM(expire_time IS NOT NULL AND expire_time < ?) FROM Cache"
+        + ("" if namespace is None else " WHERE tag = ?")
+        + " GROUP BY tag"
+    )
+    params: tuple[Any, ...] = (time.time(),) if namespace is None else (time.time(), namespace)
+    try:
+        uri = database.resolve().as_uri() + "?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as connection:
+            rows = connection.execute(query, params).fetchall()
+    except (OSError, sqlite3.Error) as exc:
+        raise TierError(f"cannot read {database}: {exc}") from exc
+    return {
+        (tag.decode() if isinstance(tag, bytes) else str(tag)): _Count(
+            n, int(size or 0), int(old or 0)
+        )
+        for tag, n, size, old in rows
+    }
+
+
+def _redis_counts(url: str, prefix: str, namespace: str | None) -> dict[str, _Count]:
+    """Entries per namespace under ``prefix``, by SCAN (never KEYS); sizes are not fetched."""
+    try:
+        import redis
+    except ImportError as exc:
+        raise ConfigurationError(f"a Redis URL needs the redis extra ({exc})") from exc
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    pattern = escaped + ("*" if namespace is None else f"{namespace}:*")
+    counts: dict[str, _Count] = {}
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        with contextlib.closing(client):
+            for key in client.scan_iter(match=pattern, count=1000):
+                text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+                match = _ENTRY_KEY.fullmatch(text, len(prefix))
+                if match:
+                    counts.setdefault(match.group(1), _Count(size=None)).entries += 1
+    except (redis.RedisError, ValueError) as exc:
+        raise TierError(f"cannot read {_redact(url)}: {exc}") from exc
+    return counts
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, fit to print."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"  # the store cannot tell cheaply (Redis)
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+_SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+    _add_demo,
+    _add_simulate,
+    _add_stats,
+    _add_clear,
+)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
