@@ -14,9 +14,10 @@ import pytest
 import redis
 from langchain_openai import ChatOpenAI
 
-from llmcache import TieredCache
+from llmcache import TieredCache, TierError
 from llmcache.backends.redis import RedisTier
 from llmcache.simulator import Simulator, SimulatorConfig
+from tests.conftest import FakeClock
 from tests.tier_contract import TierContract
 
 pytest_plugins = ["tests.redis_servers"]
@@ -24,6 +25,7 @@ pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import (  # noqa: E402
     RedisClusterServers,
     connections_named,
+    free_port,
     purge_prefix,
     valkey_binary,
 )
@@ -165,4 +167,29 @@ async def test_calls_succeed_with_a_master_killed(
         for node in own_cluster.nodes
         if node is not victim
     )
+    await tier.aclose()
+
+
+async def test_an_unreachable_cluster_fails_fast_and_opens_the_seed_breaker(
+    clock: FakeClock,
+) -> None:
+    tier = RedisTier(
+        f"redis://127.0.0.1:{free_port()}", cluster=True, clock=clock,
+        socket_timeout=0.1, connect_timeout=0.1,
+    )  # fmt: skip
+    seed = tier.url.split("//")[1]  # type: ignore[union-attr]
+    for call in (lambda: tier.get("ns:k"), lambda: asyncio.run(tier.aget("ns:k"))):
+        with pytest.raises(TierError) as caught:
+            await asyncio.to_thread(call)
+        cause = caught.value.__cause__
+        assert isinstance(cause, (redis.RedisError, redis.exceptions.RedisClusterException))
+    with pytest.raises(TierError):
+        await tier.aget("ns:k")  # the third failure in a row
+    assert tier.breakers[seed].state == "open"
+    start = time.perf_counter()
+    with pytest.raises(TierError, match="circuit breaker open"):
+        await tier.aget("ns:k")
+    with pytest.raises(TierError, match="circuit breaker open"):
+        tier.get("ns:k")
+    assert time.perf_counter() - start < 0.05
     await tier.aclose()

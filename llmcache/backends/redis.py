@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +39,7 @@ import redis.asyncio.retry
 import redis.cluster
 import redis.retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, ResponseError
+from redis.exceptions import ClusterDownError, RedisClusterException, ResponseError
 
 from llmcache.backends.breaker import CircuitBreaker
 from llmcache.backends.redis_batch import AutoBatcher, PerLoop, Result, run_cluster, run_single
@@ -239,13 +240,13 @@ class RedisTier:
             return self._seed  # the client is created (and the cluster mapped) in the guard
         try:
             return str(self._sync.get_node_from_key(rkey).name)
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):  # no slot map: ask as the seed
             return self._seed
 
     def _new_loop_state(self) -> _LoopState:
         owned = self._byo_async is None
         client = self._new_async_client() if owned else self._byo_async
-        run = run_cluster if self.cluster else run_single
+        run = partial(run_cluster, seed=self._seed) if self.cluster else run_single
         batcher = AutoBatcher(
             lambda batch: run(client, batch, self._aguard), max_batch=self.max_batch
         )

@@ -26,13 +26,14 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from llmcache.errors import TierError
 
 __all__ = ["AutoBatcher", "Op", "Pending", "PerLoop", "RoundTrip", "run_cluster", "run_single"]
 
 Op = Literal["get", "set", "delete"]
+_ClusterErrors = (RedisError, RedisClusterException)  # the latter is no RedisError
 Result = Any  # bytes | None for a get, None for a write; or an exception instance
 RoundTrip = Callable[[Sequence["Pending"]], Awaitable[list[Result]]]
 #: ``guard(node, round_trip)``: the tier's breaker check and error wrapping around one
@@ -217,12 +218,21 @@ async def run_single(client: Any, batch: Sequence[Pending], guard: Guard) -> lis
     return await guard("server", round_trip)
 
 
-async def run_cluster(client: Any, batch: Sequence[Pending], guard: Guard) -> list[Result]:
+async def run_cluster(
+    client: Any, batch: Sequence[Pending], guard: Guard, seed: str
+) -> list[Result]:
     """One pipeline per master, sent concurrently; a failing master fails its keys only."""
-    await client.initialize()  # no-op once the slot map is known
+    try:
+        masters = [client.get_node_from_key(pending.key).name for pending in batch]
+    except _ClusterErrors:  # no slot map yet: the first use in this loop
+        await guard(seed, lambda: _mapped(client))  # the seed's breaker guards the bootstrap
+        try:
+            masters = [client.get_node_from_key(pending.key).name for pending in batch]
+        except _ClusterErrors as exc:
+            raise TierError(f"redis cluster: {exc}") from exc
     groups: dict[str, list[int]] = {}
-    for index, pending in enumerate(batch):
-        groups.setdefault(client.get_node_from_key(pending.key).name, []).append(index)
+    for index, master in enumerate(masters):
+        groups.setdefault(master, []).append(index)
 
     async def for_node(node: str, indices: list[int]) -> list[Result]:
         members = [batch[index] for index in indices]
@@ -245,6 +255,11 @@ async def run_cluster(client: Any, batch: Sequence[Pending], guard: Guard) -> li
         for index, value in zip(indices, values, strict=False):
             results[index] = value
     return results
+
+
+async def _mapped(client: Any) -> list[Result]:
+    await client.initialize()  # CLUSTER SLOTS (and COMMAND) from the seed
+    return []
 
 
 def _queue_commands(pipe: Any, batch: Sequence[Pending]) -> None:
