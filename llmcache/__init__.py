@@ -18,6 +18,13 @@ from llmcache.errors import (
     SerializationError,
     TierError,
 )
+from llmcache.invalidation import (
+    DiskVersions,
+    MemoryVersions,
+    VersionStore,
+    current_dependencies,
+    depends_on,
+)
 from llmcache.stats import CacheStats, TierStats
 from llmcache.tiers import Tier
 
@@ -31,16 +38,21 @@ __all__ = [
     "CacheStats",
     "ConfigurationError",
     "DiskTier",
+    "DiskVersions",
     "IntegrityError",
     "LLMCacheError",
     "MemoryTier",
+    "MemoryVersions",
     "RedisTier",
     "SerializationError",
     "Tier",
     "TierError",
     "TierStats",
     "TieredCache",
+    "VersionStore",
+    "current_dependencies",
     "default_directory",
+    "depends_on",
 ]
 
 

@@ -19,9 +19,10 @@ against about 100 µs for ``langchain_core.load.loads``.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -107,6 +108,7 @@ class _Part:
     info_json: bytes | None
     message_cls: type[BaseMessage] | None
     message_json: bytes
+    loads: Callable[[bytes], Any] = orjson.loads
     # The decoded dicts themselves, handed to the first build only: a record
     # just read from disk or Redis is used once, and needs no second parse.
     fresh: tuple[Any, Any] | None = None
@@ -138,8 +140,8 @@ class Template:
             if fresh is not None:
                 info, message_fields = fresh
             else:
-                info = None if part.info_json is None else orjson.loads(part.info_json)
-                message_fields = orjson.loads(part.message_json) if part.message_cls else None
+                info = None if part.info_json is None else part.loads(part.info_json)
+                message_fields = part.loads(part.message_json) if part.message_cls else None
             fields = {"text": part.text, "generation_info": info}
             if part.message_cls is not None:
                 # Every hit is a new message: LangChain and its tracers key on message ids.
@@ -180,18 +182,19 @@ def _compile_one(item: Any) -> _Part:
     info = item.get("info")
     if cls is None or not isinstance(text, str) or not isinstance(info, (dict, type(None))):
         raise SerializationError(f"not an allowed generation: {item.get('type')!r}")
-    info_json = None if info is None else _to_json(info)
-    if not issubclass(cls, ChatGeneration):
-        return _Part(cls, text, info_json, None, b"", fresh=(info, None))
-    message_cls, fields = _compile_message(item.get("message"))
-    return _Part(cls, text, info_json, message_cls, _to_json(fields), fresh=(info, fields))
-
-
-def _to_json(value: Any) -> bytes:
+    message_cls, fields = (None, None)
+    if issubclass(cls, ChatGeneration):
+        message_cls, fields = _compile_message(item.get("message"))
     try:
-        return orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise SerializationError(f"stored value is not plain JSON: {exc}") from exc
+        info_json = None if info is None else orjson.dumps(info)
+        message_json = orjson.dumps(fields) if message_cls else b""
+        loads: Callable[[bytes], Any] = orjson.loads
+    except orjson.JSONEncodeError:
+        # Integers past 64 bits: orjson refuses them, the standard library is exact.
+        info_json = None if info is None else json.dumps(info).encode()
+        message_json = json.dumps(fields).encode() if message_cls else b""
+        loads = json.loads
+    return _Part(cls, text, info_json, message_cls, message_json, loads, fresh=(info, fields))
 
 
 def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:

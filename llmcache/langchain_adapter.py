@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,10 +18,19 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
 from llmcache.backends.disk import DiskTier
 from llmcache.backends.memory import MemoryTier
-from llmcache.errors import ConfigurationError, SerializationError
+from llmcache.errors import ConfigurationError, SerializationError, TierError
 from llmcache.generations import compile_template, dump_generations
+from llmcache.invalidation import (
+    DependencyRules,
+    DiskVersions,
+    MemoryVersions,
+    PendingSnapshots,
+    VersionStore,
+    current_dependencies,
+    validate_dependency,
+)
 from llmcache.keys import KeyMemo, validate_namespace
-from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
+from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Signer
 from llmcache.stats import CacheStats, Counters
 from llmcache.tiers import Flow, Hit, Layers, Tier
 
@@ -62,6 +71,8 @@ class TieredCache(BaseCache):
         namespace: str = "default",
         ttl: float | None = None,
         secret: str | bytes | None | _Default = DEFAULT,
+        dependencies: DependencyRules | None = None,
+        versions: VersionStore | None = None,
         clock: Callable[[], float] = time.time,
         compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
     ) -> None:
@@ -77,9 +88,14 @@ class TieredCache(BaseCache):
         else:
             signer = None if secret is None else Signer.from_secret(secret)
         self._layers = Layers(
-            tiers, signer=signer, clock=clock, compress_threshold=compress_threshold
+            tiers,
+            versions=versions if versions is not None else _default_versions(tiers),
+            signer=signer,
+            clock=clock,
+            compress_threshold=compress_threshold,
         )
-        self._clock = clock
+        self._rules = dependencies
+        self._pending = PendingSnapshots()
         self._counters = Counters("cache")
         self._keys = KeyMemo()
 
@@ -90,22 +106,16 @@ class TieredCache(BaseCache):
     # -- BaseCache ------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        key = self._keys.key(self.namespace, prompt, llm_string)
-        return self._answer(self._layers.run(self._layers.get_flow(key)))
+        return self._layers.run(self._lookup_flow(prompt, llm_string))
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        key = self._keys.key(self.namespace, prompt, llm_string)
-        return self._answer(await self._layers.arun(self._layers.get_flow(key)))
+        return await self._layers.arun(self._lookup_flow(prompt, llm_string))
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        write = self._write(prompt, llm_string, return_val)
-        if write is not None:
-            self._layers.run(write)
+        self._layers.run(self._update_flow(prompt, llm_string, return_val))
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        write = self._write(prompt, llm_string, return_val)
-        if write is not None:
-            await self._layers.arun(write)
+        await self._layers.arun(self._update_flow(prompt, llm_string, return_val))
 
     def clear(self, **kwargs: Any) -> None:
         """Remove this cache's namespace from every tier, and nothing else."""
@@ -115,6 +125,27 @@ class TieredCache(BaseCache):
         await self._layers.arun(self._layers.clear_flow(self.namespace))
 
     # -- beyond BaseCache -----------------------------------------------------
+
+    def invalidate(self, *names: str) -> None:
+        """Every entry that depends on one of ``names`` is stale from now on, in every tier.
+
+        One version bump per name: O(1), no scan. Unlike lookups this does not
+        fail open: if the version store cannot be reached, TierError is raised,
+        because a silent failure here would mean serving stale answers.
+        """
+        checked = _dependency_names(names)
+        try:
+            self._layers.versions.bump(self.namespace, checked)
+        except Exception as exc:
+            raise TierError(f"could not invalidate {sorted(checked)}: {exc}") from exc
+
+    async def ainvalidate(self, *names: str) -> None:
+        """The async twin of :meth:`invalidate`."""
+        checked = _dependency_names(names)
+        try:
+            await self._layers.versions.abump(self.namespace, checked)
+        except Exception as exc:
+            raise TierError(f"could not invalidate {sorted(checked)}: {exc}") from exc
 
     def stats(self) -> CacheStats:
         """Hits, misses, errors and latency per tier; tokens saved by hits."""
@@ -144,6 +175,55 @@ class TieredCache(BaseCache):
 
     # -- shared by the sync and async paths -----------------------------------
 
+    def _lookup_flow(self, prompt: str, llm_string: str) -> Flow[RETURN_VAL_TYPE | None]:
+        key = self._keys.key(self.namespace, prompt, llm_string)
+        dependencies = self._dependencies(prompt, llm_string)
+        if dependencies is None:
+            self._counters.add("misses")
+            return None
+        hit, snapshot = yield from self._layers.get_flow(key, self.namespace, dependencies)
+        if hit is None and dependencies and snapshot is not None:
+            self._pending.remember(key, snapshot)
+        return self._answer(hit)
+
+    def _update_flow(
+        self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE
+    ) -> Flow[int]:
+        dependencies = self._dependencies(prompt, llm_string)
+        if not return_val or dependencies is None:
+            return 0  # an empty list would read back as a hit with no answer
+        key = self._keys.key(self.namespace, prompt, llm_string)
+        versions = self._pending.take(key) if dependencies else None
+        try:
+            payload = dump_generations(return_val)
+            return (
+                yield from self._layers.put_flow(
+                    key,
+                    self.namespace,
+                    payload,
+                    ttl=self.ttl,
+                    dependencies=dependencies,
+                    versions=versions,
+                )
+            )
+        except SerializationError as exc:
+            # A value we cannot store exactly is not stored; the call still succeeds.
+            self._counters.failure("errors", "encode", exc)
+            return 0
+
+    def _dependencies(self, prompt: str, llm_string: str) -> frozenset[str] | None:
+        """The enclosing ``depends_on`` names plus the rules' (None: do not cache this call)."""
+        names = current_dependencies()
+        if self._rules is None:
+            return names
+        try:
+            derived = _dependency_names(self._rules(prompt, llm_string))
+        except Exception as exc:
+            # Not knowing what an answer depends on, we can neither serve nor store it.
+            self._counters.failure("errors", "dependency rules", exc)
+            return None
+        return names | derived
+
     def _answer(self, hit: Hit | None) -> RETURN_VAL_TYPE | None:
         if hit is not None:
             derived = hit.record.derived
@@ -161,19 +241,23 @@ class TieredCache(BaseCache):
         self._counters.add("misses")
         return None
 
-    def _write(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Flow[int] | None:
-        """The write flow for an update, or None when there is nothing to store."""
-        if not return_val:
-            return None  # an empty list would read back as a hit with no answer
-        key = self._keys.key(self.namespace, prompt, llm_string)
-        expires_at = None if self.ttl is None else self._clock() + self.ttl
-        try:
-            raw = self._layers.encode(key, Record(dump_generations(return_val), expires_at))
-        except SerializationError as exc:
-            # A value we cannot store exactly is not stored; the call still succeeds.
-            self._counters.failure("errors", "encode", exc)
-            return None
-        return self._layers.set_flow(key, raw, self.ttl)
+
+def _dependency_names(names: Iterable[str]) -> frozenset[str]:
+    if isinstance(names, str):
+        raise ConfigurationError("dependencies are a collection of names, not one string")
+    return frozenset(validate_dependency(name) for name in names)
+
+
+def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
+    """Versions shared as widely as the widest tier: Redis, else the disk's host, else memory."""
+    for tier in reversed(tiers):
+        make_versions = getattr(tier, "version_store", None)
+        if callable(make_versions):
+            store: VersionStore = make_versions()
+            return store
+        if isinstance(tier, DiskTier):
+            return DiskVersions(tier.path)
+    return MemoryVersions()
 
 
 def _l1_tier(l1: Tier | None | _Default) -> Tier | None:

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ _MAGIC = b"LLMC"
 _HEADER = len(_MAGIC) + 2
 _COMPRESSED = 0x01
 _SIGNED = 0x02
+_EXACT_INTS = 0x04  # the body has integers orjson would round: parse it with the stdlib
+# 19+ digits may be an integer past 64 bits (orjson turns those into floats).
+_LONG_DIGITS = re.compile(rb"\d{19,}")
 _MAC_SIZE = hashlib.sha256().digest_size
 
 
@@ -149,7 +153,7 @@ def encode(
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"value is not JSON-serializable: {exc}") from exc
     data = body.encode("ascii")
-    flags = 0
+    flags = _EXACT_INTS if _LONG_DIGITS.search(data) else 0
     if len(data) > compress_threshold:
         compressed = zlib.compress(data, 6)
         if len(compressed) < len(data):
@@ -179,7 +183,7 @@ def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
     if flags & _COMPRESSED:
         body = _inflate(body)
     try:
-        document = parse_json(body)
+        document = _stdlib_loads(body) if flags & _EXACT_INTS else parse_json(body)
         payload = document["p"]
         expires_at = document.get("e")
         dependencies = document.get("d") or {}
@@ -187,7 +191,9 @@ def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
         raise SerializationError(f"corrupt value body: {exc}") from exc
     if expires_at is not None and not isinstance(expires_at, (int, float)):
         raise SerializationError("corrupt expiry")
-    if not isinstance(dependencies, dict):
+    if not isinstance(dependencies, dict) or not all(
+        type(version) is int for version in dependencies.values()
+    ):
         raise SerializationError("corrupt dependency versions")
     return Record(payload=payload, expires_at=expires_at, dependencies=dependencies)
 
@@ -195,13 +201,18 @@ def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
 def parse_json(data: bytes | str) -> Any:
     """Strict JSON: orjson on the hit path, the standard library for what it refuses.
 
-    orjson rejects a few valid documents (lone surrogate escapes, integers past
-    64 bits); the fallback takes those. NaN and Infinity are refused by both.
+    orjson rejects a few valid documents (lone surrogate escapes); the fallback
+    takes those. NaN and Infinity are refused by both. (Integers past 64 bits,
+    which orjson would round to floats, are flagged at encode time instead.)
     """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return _stdlib_loads(data)
+
+
+def _stdlib_loads(data: bytes | str) -> Any:
+    return json.loads(data, parse_constant=_refuse_constant)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -38,6 +38,7 @@ class TierStats:
     misses: int
     errors: int
     corrupt: int
+    stale: int
     writes: int
     latency_p50_us: float
     latency_p90_us: float
@@ -125,6 +126,7 @@ class Counters:
             misses=self.get("misses"),
             errors=self.get("errors"),
             corrupt=self.get("corrupt"),
+            stale=self.get("stale"),
             writes=self.get("writes"),
             latency_p50_us=percentile(samples, 50),
             latency_p90_us=percentile(samples, 90),

@@ -15,16 +15,17 @@ once, and answered with ``None``, which every flow reads as a miss.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 from llmcache import serialization
 from llmcache.errors import ConfigurationError, SerializationError
+from llmcache.invalidation import MemoryVersions, VersionStore
 from llmcache.serialization import Record, Signer
 from llmcache.stats import Counters, TierStats
 
-__all__ = ["Clear", "Delete", "Flow", "Get", "Hit", "Layers", "Put", "Tier"]
+__all__ = ["Clear", "Delete", "Flow", "Get", "Hit", "Layers", "Put", "ReadVersions", "Tier"]
 
 T = TypeVar("T")
 
@@ -111,7 +112,23 @@ class Clear:
         return True
 
 
-Op = Union[Get, Put, Delete, Clear]
+@dataclass(frozen=True, slots=True)
+class ReadVersions:
+    """Ask the version store for the current versions of some dependencies."""
+
+    index: int
+    namespace: str
+    names: Collection[str]
+    what = "versions"
+
+    def run(self, store: VersionStore) -> dict[str, int]:
+        return store.current(self.namespace, self.names)
+
+    def arun(self, store: VersionStore) -> Awaitable[dict[str, int]]:
+        return store.acurrent(self.namespace, self.names)
+
+
+Op = Union[Get, Put, Delete, Clear, ReadVersions]
 Flow = Generator[Op, Any, T]
 
 
@@ -131,6 +148,7 @@ class Layers:
         self,
         tiers: Sequence[Tier],
         *,
+        versions: VersionStore | None = None,
         signer: Signer | None = None,
         clock: Callable[[], float] = time.time,
         compress_threshold: int = serialization.DEFAULT_COMPRESS_THRESHOLD,
@@ -139,10 +157,14 @@ class Layers:
         if len(set(names)) != len(names):
             raise ConfigurationError(f"tier names must be distinct: {names}")
         self.tiers = tuple(tiers)
+        self.versions = MemoryVersions() if versions is None else versions
         self.signer = signer
         self.clock = clock
         self.compress_threshold = compress_threshold
-        self._counters = tuple(Counters(tier.name) for tier in self.tiers)
+        # Operations address their target by index; the version store comes last.
+        self._targets: tuple[Any, ...] = (*self.tiers, self.versions)
+        self._versions_index = len(self.tiers)
+        self._counters = tuple(Counters(target.name) for target in self._targets)
 
     # -- drivers --------------------------------------------------------------
 
@@ -154,7 +176,7 @@ class Layers:
                 counters = self._counters[op.index]
                 start = time.perf_counter()
                 try:
-                    result = op.run(self.tiers[op.index])
+                    result = op.run(self._targets[op.index])
                 except Exception as exc:  # fail-open: a broken tier is a miss
                     counters.failure("errors", op.what, exc)
                     result = None
@@ -173,7 +195,7 @@ class Layers:
                 counters = self._counters[op.index]
                 start = time.perf_counter()
                 try:
-                    result = await op.arun(self.tiers[op.index])
+                    result = await op.arun(self._targets[op.index])
                 except Exception as exc:  # fail-open: a broken tier is a miss
                     counters.failure("errors", op.what, exc)
                     result = None
@@ -186,13 +208,22 @@ class Layers:
 
     # -- flows ----------------------------------------------------------------
 
-    def get_flow(self, key: str, accept: Callable[[Record], bool] | None = None) -> Flow[Hit | None]:
+    def get_flow(
+        self, key: str, namespace: str = "", dependencies: Collection[str] = ()
+    ) -> Flow[tuple[Hit | None, dict[str, int] | None]]:
         """Ask each tier in turn; promote a lower hit into the tiers above it.
 
-        ``accept`` can veto a decoded record (a dependency that moved on): it
-        is then a miss for that tier, and the search goes on below.
+        Returns the hit (or None) and, when the call has ``dependencies``, the
+        versions they had *before* any tier was read: the snapshot a miss must
+        store its answer under (None if the version store could not say).
+        An entry whose own recorded versions are no longer current is stale:
+        a miss for that tier, deleted there, and the search goes on below.
         """
-        for index, counters in enumerate(self._counters):
+        snapshot: dict[str, int] | None = {}
+        if dependencies:
+            snapshot = yield ReadVersions(self._versions_index, namespace, dependencies)
+        known = dict(snapshot or {})
+        for index, counters in enumerate(self._counters[: self._versions_index]):
             raw = yield Get(index, key)
             if raw is None:
                 counters.add("misses")
@@ -206,9 +237,18 @@ class Layers:
                 counters.add("misses")
                 yield Delete(index, key)  # make room for a clean refill
                 continue
-            if record.expired(now) or (accept is not None and not accept(record)):
+            if record.expired(now):
                 counters.add("misses")
                 continue
+            if record.dependencies:
+                current = yield from self._current(record.dependencies, namespace, known)
+                if not current:
+                    counters.add("misses")
+                    if current is None:
+                        continue  # the versions are unknown right now: skip, keep it
+                    counters.add("stale")
+                    yield Delete(index, key)  # lazily reclaimed: this key only, no scan
+                    continue
             counters.add("hits")
             if index:
                 ttl = record.remaining_ttl(now)
@@ -216,8 +256,44 @@ class Layers:
                 for upper in range(index):
                     yield Put(upper, key, promoted, ttl)
                     self._counters[upper].add("writes")
-            return Hit(record, self.tiers[index].name, parsed)
-        return None
+            return Hit(record, self.tiers[index].name, parsed), snapshot
+        return None, snapshot
+
+    def _current(
+        self, recorded: Mapping[str, int], namespace: str, known: dict[str, int]
+    ) -> Generator[Op, Any, bool | None]:
+        """Are the versions an entry recorded still the current ones? None: cannot tell."""
+        needed = [name for name in recorded if name not in known]
+        if needed:
+            found = yield ReadVersions(self._versions_index, namespace, needed)
+            if found is None:
+                return None
+            known.update(found)
+        return all(known[name] == version for name, version in recorded.items())
+
+    def put_flow(
+        self,
+        key: str,
+        namespace: str,
+        payload: Any,
+        *,
+        ttl: float | None,
+        dependencies: Collection[str] = (),
+        versions: Mapping[str, int] | None = None,
+    ) -> Flow[int]:
+        """Encode and write through. ``versions``: the miss-time snapshot, if there was one.
+
+        With dependencies but no snapshot (an update with no lookup before it),
+        the versions current now are recorded. If the version store cannot say,
+        nothing is stored. Raises SerializationError before any write.
+        """
+        if dependencies and versions is None:
+            versions = yield ReadVersions(self._versions_index, namespace, dependencies)
+            if versions is None:
+                return 0
+        expires_at = None if ttl is None else self.clock() + ttl
+        raw = self.encode(key, Record(payload, expires_at, dict(versions or {})))
+        return (yield from self.set_flow(key, raw, ttl))
 
     def encode(self, key: str, record: Record) -> bytes:
         """The stored bytes for ``record`` under ``key``. Raises SerializationError."""
@@ -228,7 +304,7 @@ class Layers:
     def set_flow(self, key: str, raw: bytes, ttl: float | None) -> Flow[int]:
         """Write ``raw`` (from :meth:`encode`) through to every tier; returns how many took it."""
         written = 0
-        for index, counters in enumerate(self._counters):
+        for index, counters in enumerate(self._counters[: self._versions_index]):
             if (yield Put(index, key, raw, ttl)):
                 counters.add("writes")
                 written += 1
@@ -245,16 +321,20 @@ class Layers:
     # -- stats ----------------------------------------------------------------
 
     def stats(self) -> dict[str, TierStats]:
-        return {counters.name: counters.tier_snapshot() for counters in self._counters}
+        tiers = self._counters[: self._versions_index]
+        return {counters.name: counters.tier_snapshot() for counters in tiers}
+
+    def version_errors(self) -> int:
+        return self._counters[self._versions_index].get("errors")
 
     def reset_stats(self) -> None:
         for counters in self._counters:
             counters.reset()
 
     def close(self) -> None:
-        for tier in self.tiers:
-            tier.close()
+        for target in self._targets:
+            target.close()
 
     async def aclose(self) -> None:
-        for tier in self.tiers:
-            await tier.aclose()
+        for target in self._targets:
+            await target.aclose()
