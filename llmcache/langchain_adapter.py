@@ -251,10 +251,10 @@ def _dependency_names(names: Iterable[str]) -> frozenset[str]:
 def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
     """Versions shared as widely as the widest tier: Redis, else the disk's host, else memory."""
     for tier in reversed(tiers):
-        make_versions = getattr(tier, "version_store", None)
-        if callable(make_versions):
-            store: VersionStore = make_versions()
-            return store
+        if type(tier).__name__ == "RedisTier":  # no import: redis is an optional extra
+            from llmcache.backends.redis_versions import RedisVersions
+
+            return RedisVersions(tier)  # type: ignore[arg-type]
         if isinstance(tier, DiskTier):
             return DiskVersions(tier.path)
     return MemoryVersions()
