@@ -311,11 +311,69 @@ def _size(size: int | None) -> str:
     return f"{value:.1f} {unit}"
 
 
+def _add_invalidate(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "invalidate",
+        help="make every entry that depends on these names stale, in every process",
+    )
+    parser.add_argument("names", nargs="+", metavar="NAME", help="dependency names, e.g. doc:42")
+    _add_store_arguments(parser, "the namespace (default: 'default')")
+    parser.set_defaults(handler=_invalidate)
+
+
+def _add_gc(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "gc", help="delete a namespace's expired, stale (invalidated) and garbled entries"
+    )
+    _add_store_arguments(parser, "the namespace (default: 'default')")
+    parser.set_defaults(handler=_gc)
+
+
+def _cache_over(args: argparse.Namespace) -> Any:
+    """A TieredCache with no L1 over the store the arguments name (its versions too)."""
+    from llmcache.langchain_adapter import TieredCache
+
+    namespace = validate_namespace("default" if args.namespace is None else args.namespace)
+    return TieredCache(l1=None, l2=_tier(args), namespace=namespace)
+
+
+def _invalidate(args: argparse.Namespace) -> int:
+    cache = _cache_over(args)
+    try:
+        cache.invalidate(*args.names)
+    finally:
+        cache.close()
+    where = _redact(args.url) if args.url else str(_directory(args))
+    print(f"{where}: invalidated {', '.join(args.names)} in namespace {cache.namespace!r}")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    cache = _cache_over(args)
+    try:
+        report = cache.gc()
+    except LLMCacheError:
+        raise
+    except Exception as exc:  # a tier may raise its driver's errors: report them, one line
+        raise TierError(f"gc failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        cache.close()
+    where = _redact(args.url) if args.url else str(_directory(args))
+    for tier, counts in report.items():
+        print(
+            f"{where} ({tier}, namespace {cache.namespace!r}): removed {counts['stale']} stale,"
+            f" {counts['expired']} expired, {counts['corrupt']} garbled; kept {counts['kept']}"
+        )
+    return 0
+
+
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_demo,
     _add_simulate,
     _add_stats,
     _add_clear,
+    _add_invalidate,
+    _add_gc,
 )
 
 if __name__ == "__main__":

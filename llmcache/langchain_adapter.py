@@ -139,6 +139,24 @@ class TieredCache(BaseCache):
         except Exception as exc:
             raise TierError(f"could not invalidate {sorted(checked)}: {exc}") from exc
 
+    def gc(self) -> dict[str, dict[str, int]]:
+        """Delete this namespace's expired, stale and garbled entries, tier by tier.
+
+        Stale entries are skipped at once on every read; this reclaims the
+        space of those nobody reads again. It scans the namespace, so it is a
+        maintenance job (``llmcache gc``), never part of ``invalidate``.
+        Returns, per tier that can list its keys, what was removed and kept.
+        """
+        report: dict[str, dict[str, int]] = {}
+        for index, tier in enumerate(self.tiers):
+            list_keys = getattr(tier, "keys", None)
+            if callable(list_keys):
+                keys = list_keys(self.namespace)
+                report[tier.name] = self._layers.run(
+                    self._layers.sweep_flow(index, self.namespace, keys)
+                )
+        return report
+
     async def ainvalidate(self, *names: str) -> None:
         """The async twin of :meth:`invalidate`."""
         checked = _dependency_names(names)

@@ -15,12 +15,20 @@ once, and answered with ``None``, which every flow reads as a miss.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 from llmcache import serialization
-from llmcache.errors import ConfigurationError, SerializationError
+from llmcache.errors import ConfigurationError, IntegrityError, SerializationError
 from llmcache.invalidation import MemoryVersions, VersionStore
 from llmcache.serialization import Record, Signer
 from llmcache.stats import Counters, TierStats
@@ -232,10 +240,16 @@ class Layers:
             parsed = not (type(raw) is serialization.Encoded and raw.key == key)
             try:
                 record = serialization.decode(raw, key=key, signer=self.signer)
+            except IntegrityError as exc:
+                # Maybe another process's, under a secret we do not have: a miss
+                # here, but not ours to delete.
+                counters.failure("corrupt", "verify", exc)
+                counters.add("misses")
+                continue
             except SerializationError as exc:
                 counters.failure("corrupt", "decode", exc)
                 counters.add("misses")
-                yield Delete(index, key)  # make room for a clean refill
+                yield Delete(index, key)  # garbage: make room for a clean refill
                 continue
             if record.expired(now):
                 counters.add("misses")
@@ -309,6 +323,41 @@ class Layers:
                 counters.add("writes")
                 written += 1
         return written
+
+    def sweep_flow(self, index: int, namespace: str, keys: Iterable[str]) -> Flow[dict[str, int]]:
+        """Delete the expired, stale and garbled entries among ``keys`` of one tier.
+
+        The lazy reclaim behind ``llmcache gc``: it reads every key it is given,
+        so it is for a maintenance job, never for a request path. Values whose
+        signature cannot be checked here are left alone.
+        """
+        removed = {"expired": 0, "stale": 0, "corrupt": 0, "kept": 0}
+        now = self.clock()
+        known: dict[str, int] = {}
+        for key in keys:
+            raw = yield Get(index, key)
+            if raw is None:
+                continue
+            try:
+                record = serialization.decode(raw, key=key, signer=self.signer)
+            except IntegrityError:
+                removed["kept"] += 1
+                continue
+            except SerializationError:
+                reason = "corrupt"
+            else:
+                if record.expired(now):
+                    reason = "expired"
+                elif record.dependencies and (
+                    (yield from self._current(record.dependencies, namespace, known)) is False
+                ):
+                    reason = "stale"
+                else:
+                    removed["kept"] += 1
+                    continue
+            yield Delete(index, key)
+            removed[reason] += 1
+        return removed
 
     def delete_flow(self, key: str) -> Flow[None]:
         for index in range(len(self.tiers)):

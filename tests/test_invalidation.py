@@ -364,3 +364,50 @@ class SharedL2Machine(RuleBasedStateMachine):
 
 TestSharedL2Machine = SharedL2Machine.TestCase
 TestSharedL2Machine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+# -- llmcache invalidate / gc ------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmcache.cli", *args],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+
+
+def test_cli_invalidate_then_gc_reclaims_only_stale_entries(tmp_path: Path) -> None:
+    cache = TieredCache(l2=DiskTier(tmp_path), namespace="menus")
+    with depends_on("restaurant:17"):
+        for index in range(5):
+            cache.update(f"17/{index}", "llm", _answer("x"))
+    with depends_on("restaurant:18"):
+        cache.update("18/0", "llm", _answer("y"))
+    cache.update("plain", "llm", _answer("z"))
+
+    result = _cli("invalidate", "restaurant:17", "--dir", str(tmp_path), "--namespace", "menus")
+    assert result.returncode == 0, result.stderr
+    assert "restaurant:17" in result.stdout
+    assert cache.lookup("17/0", "llm") is None  # this process sees the other one's bump at once
+    assert cache.lookup("18/0", "llm") is not None
+
+    result = _cli("gc", "--dir", str(tmp_path), "--namespace", "menus")
+    assert result.returncode == 0, result.stderr
+    assert "removed 4 stale" in result.stdout  # 17/0 was already dropped by the read above
+    assert "kept 2" in result.stdout
+    assert len(DiskTier(tmp_path).keys("menus")) == 2
+
+
+def test_gc_leaves_values_it_cannot_verify(tmp_path: Path) -> None:
+    signed = TieredCache(l1=None, l2=DiskTier(tmp_path), secret="k" * 32)
+    signed.update("q", "llm", _answer("a"))
+    unsigned = TieredCache(l1=None, l2=DiskTier(tmp_path))
+    assert unsigned.lookup("q", "llm") is None  # cannot verify: a miss, not a delete
+    assert unsigned.gc() == {"disk": {"expired": 0, "stale": 0, "corrupt": 0, "kept": 1}}
+    assert signed.lookup("q", "llm") is not None
+
+
+def test_cli_invalidate_rejects_bad_names(tmp_path: Path) -> None:
+    result = _cli("invalidate", "", "--dir", str(tmp_path))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -174,3 +174,16 @@ def test_a_silent_listener_is_found_within_its_bound(private_server: RedisServer
     assert elapsed <= 2.5 * 0.2 + 0.05  # the documented bound, plus scheduling slack
     versions.close()
     tier.close()
+
+
+def test_gc_on_redis_removes_only_stale_entries(shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    cache = TieredCache(l1=None, l2=RedisTier(url, prefix=prefix), namespace="menus")
+    with depends_on("restaurant:17"):
+        for index in range(30):
+            cache.update(f"17/{index}", "llm", _answer("x"))
+    cache.update("plain", "llm", _answer("z"))
+    cache.invalidate("restaurant:17")
+    assert cache.gc() == {"redis": {"expired": 0, "stale": 30, "corrupt": 0, "kept": 1}}
+    assert cache.tiers[0].keys("menus") == [cache._keys.key("menus", "plain", "llm")]  # type: ignore[attr-defined]
+    cache.close()

@@ -21,6 +21,7 @@ from typing import Any
 import diskcache
 
 from llmcache.errors import ConfigurationError
+from llmcache.keys import namespace_prefix
 
 __all__ = ["DiskTier"]
 
@@ -128,6 +129,14 @@ class DiskTier:
         # Every entry is tagged with its namespace when written; the tag index
         # makes this a range delete, not a scan of the whole directory.
         cache.evict(namespace, retry=True)
+
+    def keys(self, namespace: str) -> list[str]:
+        """Every key of ``namespace``: a scan, for maintenance jobs (``llmcache gc``)."""
+        cache = self._open(create=False)
+        if cache is None:
+            return []
+        prefix = namespace_prefix(namespace)
+        return [k for k in cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
 
     def expire(self) -> int:
         """Remove expired entries now (diskcache also does it while culling)."""

@@ -298,6 +298,20 @@ class RedisTier:
 
     # -- Tier: async ------------------------------------------------------------------------
 
+    def keys(self, namespace: str) -> list[str]:
+        """Every key of ``namespace`` (without the prefix): SCAN, for maintenance jobs only."""
+        client = self._client()
+        with self._guard(self._seed, "scan"):
+            if self.cluster:
+                found = client.scan_iter(
+                    match=self._match(namespace), count=_SCAN_COUNT,
+                    target_nodes=redis.cluster.RedisCluster.PRIMARIES,
+                )  # fmt: skip
+            else:
+                found = client.scan_iter(match=self._match(namespace), count=_SCAN_COUNT)
+            rkeys = [_as_bytes(rkey).decode() for rkey in found]
+        return [rkey[len(self.prefix) :] for rkey in rkeys]
+
     async def aget(self, key: str) -> bytes | None:
         if not self.cluster and self._breaker("server").state == "open":
             self._breaker("server").check()  # refuse now, not one loop tick later
