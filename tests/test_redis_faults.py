@@ -223,6 +223,37 @@ async def test_sigstop_under_a_gather_of_lookups(
 
 @pytest.mark.redis
 @pytest.mark.slow
+async def test_sigstop_under_concurrent_ainvokes(
+    make_tier: Callable[..., RedisTier],
+    private_server: RedisServer,
+    clock: FakeClock,
+    sim: Simulator,
+    http: Any,
+) -> None:
+    tier = make_tier(clock=clock, failure_threshold=3, cooldown=10)
+    llm = _chat(sim, TieredCache(l1=None, l2=tier, namespace="stop"), http)
+    prompts = [f"question {index} {uuid.uuid4().hex[:6]}" for index in range(50)]
+    warm = [m.content for m in await asyncio.gather(*map(llm.ainvoke, prompts))]
+
+    async def timed(prompt: str) -> tuple[float, Any]:
+        start = time.perf_counter()
+        answer = await llm.ainvoke(prompt)
+        return time.perf_counter() - start, answer.content
+
+    private_server.pause()
+    rounds = [await asyncio.gather(*map(timed, prompts)) for _ in range(3)]
+    for timings in rounds:  # every call answers, with the model's own (deterministic) answer
+        assert [content for _, content in timings] == warm
+    # Closed breaker: a lookup and a write, each at most one timeout (50 calls, 2 round trips).
+    assert max(elapsed for elapsed, _ in rounds[0]) < 2 * BOUND + 0.2
+    assert max(elapsed for elapsed, _ in rounds[1]) < 2 * BOUND + 0.2
+    assert tier.breakers["server"].state == "open"  # lookups, writes, lookups: 3 failures
+    # Open breaker: the third round does not wait for Redis at all.
+    assert max(elapsed for elapsed, _ in rounds[2]) < SOCKET_TIMEOUT
+
+
+@pytest.mark.redis
+@pytest.mark.slow
 async def test_sigkill_in_the_middle_of_200_concurrent_ainvokes(
     make_tier: Callable[..., RedisTier], private_server: RedisServer, sim: Simulator, http: Any
 ) -> None:

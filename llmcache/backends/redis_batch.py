@@ -141,7 +141,9 @@ class PerLoop(Generic[C]):
         self._factory = factory
         self._lock = threading.Lock()
         self._values: weakref.WeakKeyDictionary[Loop, C] = weakref.WeakKeyDictionary()
-        self._closers: dict[int, AsyncGenerator[None, None]] = {}
+        # The loop holds its async generators weakly: these keep each closer alive.
+        self._closers: weakref.WeakKeyDictionary[Loop, AsyncGenerator[None, None]]
+        self._closers = weakref.WeakKeyDictionary()
 
     def current(self) -> C | None:
         """This loop's value, if it has one (the fast path: no await)."""
@@ -155,44 +157,51 @@ class PerLoop(Generic[C]):
         with self._lock:  # a loop closed without shutting down: nothing left to close
             for old in [old for old in self._values if old.is_closed()]:
                 del self._values[old]
+                self._closers.pop(old, None)
         value = self._factory()
-        closer = self._close_with(weakref.ref(loop), value)
+        closer = self._close_with(value)
         await closer.asend(None)  # parked until the loop finalizes its async generators
         with self._lock:
             self._values[loop] = value
-            self._closers[id(value)] = closer  # the loop holds it weakly; keep it alive
+            self._closers[loop] = closer
         return value
 
-    async def _close_with(self, loop: weakref.ref[Loop], value: C) -> AsyncGenerator[None, None]:
+    async def _close_with(self, value: C) -> AsyncGenerator[None, None]:
         try:
             yield
-        finally:
-            running = loop()
+        finally:  # runs in the value's own loop, whoever closes the generator
+            loop = asyncio.get_running_loop()
             with self._lock:
-                self._closers.pop(id(value), None)
-                if running is not None and self._values.get(running) is value:
-                    del self._values[running]
-            if running is not None and not running.is_closed():
-                await value.aclose()
+                if self._values.get(loop) is value:
+                    del self._values[loop]
+                    self._closers.pop(loop, None)
+            await value.aclose()
 
     async def aclose_current(self) -> None:
+        loop = asyncio.get_running_loop()
         with self._lock:
-            value = self._values.pop(asyncio.get_running_loop(), None)
-        if value is not None:
-            await value.aclose()
+            closer = self._closers.pop(loop, None)
+            self._values.pop(loop, None)
+        if closer is not None:
+            await closer.aclose()
 
     def close_all(self) -> None:
         """From sync code: close every loop's value, as far as its loop allows."""
         with self._lock:
-            values = list(self._values.items())
+            closers = list(self._closers.items())
+            self._closers.clear()
             self._values.clear()
-        for loop, value in values:
+        for loop, closer in closers:
             if loop.is_closed():
                 continue  # its sockets went with it
             if loop.is_running():  # a sync close inside async code, or another thread's loop
-                asyncio.run_coroutine_threadsafe(value.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(_finish(closer), loop)
             else:
-                loop.run_until_complete(value.aclose())
+                loop.run_until_complete(_finish(closer))
+
+
+async def _finish(closer: AsyncGenerator[None, None]) -> None:
+    await closer.aclose()
 
 
 # -- round trips ----------------------------------------------------------------
