@@ -90,6 +90,16 @@ class VersionStore(Protocol):
     name: str
 
     def current(self, namespace: str, names: Collection[str]) -> dict[str, int]: ...
+    def peek(self, namespace: str, names: Collection[str]) -> dict[str, int] | None:
+        """``current`` if it needs no network round trip, else None. Never waits on a server."""
+        ...
+    def generation(self) -> int | None:
+        """A number that changes whenever any version may have changed (None: cannot say).
+
+        Lets a reader that found an entry fresh at generation G skip the check
+        while the generation is still G. It must move *after* the versions do.
+        """
+        ...
     def bump(self, namespace: str, names: Collection[str]) -> None: ...
     def close(self) -> None: ...
     async def acurrent(self, namespace: str, names: Collection[str]) -> dict[str, int]: ...
@@ -102,6 +112,9 @@ class _LocalOnly:
 
     def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
         raise NotImplementedError
+
+    def peek(self, namespace: str, names: Collection[str]) -> dict[str, int] | None:
+        return self.current(namespace, names)
 
     def bump(self, namespace: str, names: Collection[str]) -> None:
         raise NotImplementedError
@@ -127,16 +140,21 @@ class MemoryVersions(_LocalOnly):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], int] = {}
+        self._generation = 0
 
     def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
         versions = self._versions
         return {name: versions.get((namespace, name), 0) for name in names}
+
+    def generation(self) -> int:
+        return self._generation
 
     def bump(self, namespace: str, names: Collection[str]) -> None:
         with self._lock:
             for name in names:
                 key = (namespace, name)
                 self._versions[key] = self._versions.get(key, 0) + 1
+            self._generation += 1  # after the versions: see VersionStore.generation
 
 
 class DiskVersions(_LocalOnly):
@@ -183,6 +201,11 @@ class DiskVersions(_LocalOnly):
             os.close(fd)
         self._db, self._pid, self._local, self._epoch = db, os.getpid(), {}, -1
         return db, self._map
+
+    def generation(self) -> int:
+        # The epoch moves after every committed bump, from any process.
+        epoch: int = struct.unpack_from("<Q", self._open()[1])[0]
+        return epoch
 
     def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
         with self._lock:

@@ -255,7 +255,15 @@ class Layers:
                 counters.add("misses")
                 continue
             if record.dependencies:
-                current = yield from self._current(record.dependencies, namespace, known)
+                # Checked already at this generation of the store? Then nothing
+                # moved since: one comparison however many dependencies.
+                generation = self._generation()
+                checked = (namespace, generation)
+                current: bool | None = True
+                if generation is None or record.derived.get("fresh_at") != checked:
+                    current = yield from self._current(record.dependencies, namespace, known)
+                    if current and generation is not None:
+                        record.derived["fresh_at"] = checked
                 if not current:
                     counters.add("misses")
                     if current is None:
@@ -279,11 +287,34 @@ class Layers:
         """Are the versions an entry recorded still the current ones? None: cannot tell."""
         needed = [name for name in recorded if name not in known]
         if needed:
-            found = yield ReadVersions(self._versions_index, namespace, needed)
+            # Local stores answer at once; a round trip only when one is needed.
+            found = self._peek(namespace, needed)
             if found is None:
-                return None
+                found = yield ReadVersions(self._versions_index, namespace, needed)
+                if found is None:
+                    return None
             known.update(found)
-        return all(known[name] == version for name, version in recorded.items())
+        for name, version in recorded.items():
+            if known[name] != version:
+                return False
+        return True
+
+    # Direct, non-blocking calls into the version store, made from inside a
+    # flow; like every operation they fail open (here: "cannot say").
+
+    def _generation(self) -> int | None:
+        try:
+            return self.versions.generation()
+        except Exception as exc:
+            self._counters[self._versions_index].failure("errors", "generation", exc)
+            return None
+
+    def _peek(self, namespace: str, names: Collection[str]) -> dict[str, int] | None:
+        try:
+            return self.versions.peek(namespace, names)
+        except Exception as exc:
+            self._counters[self._versions_index].failure("errors", "peek", exc)
+            return None
 
     def put_flow(
         self,

@@ -25,10 +25,12 @@ The process that bumps applies its own bump before ``bump`` returns.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
@@ -37,6 +39,17 @@ if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
 
 __all__ = ["RedisVersions"]
+
+
+@dataclass(eq=False)
+class _LoopState:
+    """An async client and the lock that makes its fetches single-flight, per event loop."""
+
+    client: Any
+    fetching: asyncio.Lock
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 class RedisVersions:
@@ -55,7 +68,11 @@ class RedisVersions:
         self._connected = False
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
-        self._async_clients: PerLoop[Any] = PerLoop(tier._new_async_client)
+        self._fetching = threading.Lock()
+        self._loops: PerLoop[_LoopState] = PerLoop(self._new_loop_state)
+
+    def _new_loop_state(self) -> _LoopState:
+        return _LoopState(self._tier._new_async_client(), asyncio.Lock())
 
     # -- keys -------------------------------------------------------------------
 
@@ -68,6 +85,14 @@ class RedisVersions:
         return self._connected
 
     # -- reads ------------------------------------------------------------------
+
+    def generation(self) -> int | None:
+        # Only while connected does every bump reach us; otherwise we cannot say.
+        return self._generation if self._connected else None
+
+    def peek(self, namespace: str, names: Collection[str]) -> dict[str, int] | None:
+        found, missing, _ = self._cached(namespace, names)
+        return None if missing else found
 
     def _cached(self, namespace: str, names: Collection[str]) -> tuple[dict[str, int], list[str], int]:
         """Versions known locally, names still to fetch, and the generation they were read at."""
@@ -90,37 +115,52 @@ class RedisVersions:
     def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
         found, missing, generation = self._cached(namespace, names)
         if missing:
-            client = self._tier._client()
-            keys = [self._key(namespace, name) for name in missing]
-            with self._tier._guard(self._tier._seed, "read versions"):
-                if self._tier.cluster:
-                    values = [client.get(key) for key in keys]
-                else:
-                    values = client.mget(keys)
-            fetched = {name: int(value or 0) for name, value in zip(missing, values)}
-            self._remember(namespace, fetched, generation)
-            found.update(fetched)
+            with self._fetching:  # one fetch at a time: the others then find it cached
+                found, missing, generation = self._cached(namespace, names)
+                if missing:
+                    found.update(self._fetch(namespace, missing, generation))
         return found
+
+    def _fetch(self, namespace: str, missing: list[str], generation: int) -> dict[str, int]:
+        client = self._tier._client()
+        keys = [self._key(namespace, name) for name in missing]
+        with self._tier._guard(self._tier._seed, "read versions"):
+            if self._tier.cluster:
+                values = [client.get(key) for key in keys]
+            else:
+                values = client.mget(keys)
+        fetched = {name: int(value or 0) for name, value in zip(missing, values)}
+        self._remember(namespace, fetched, generation)
+        return fetched
 
     async def acurrent(self, namespace: str, names: Collection[str]) -> dict[str, int]:
         found, missing, generation = self._cached(namespace, names)
-        if missing:
-            keys = [self._key(namespace, name) for name in missing]
-            breaker = self._tier._breaker(self._tier._seed)
-            breaker.check()  # a server known to be down costs nothing
-            try:
-                client = await self._async_clients.get()
-                if self._tier.cluster:
-                    values = [await client.get(key) for key in keys]
-                else:
-                    values = await client.mget(keys)
-            except Exception as exc:
-                raise self._tier._failed(breaker, "read versions", exc) from exc
-            breaker.success()
-            fetched = {name: int(value or 0) for name, value in zip(missing, values)}
-            self._remember(namespace, fetched, generation)
-            found.update(fetched)
+        if not missing:
+            return found
+        state = await self._loops.get()
+        async with state.fetching:  # one fetch at a time per loop: the others then find it cached
+            found, missing, generation = self._cached(namespace, names)
+            if missing:
+                found.update(await self._afetch(state.client, namespace, missing, generation))
         return found
+
+    async def _afetch(
+        self, client: Any, namespace: str, missing: list[str], generation: int
+    ) -> dict[str, int]:
+        keys = [self._key(namespace, name) for name in missing]
+        breaker = self._tier._breaker(self._tier._seed)
+        breaker.check()  # a server known to be down costs nothing
+        try:
+            if self._tier.cluster:
+                values = [await client.get(key) for key in keys]
+            else:
+                values = await client.mget(keys)
+        except Exception as exc:
+            raise self._tier._failed(breaker, "read versions", exc) from exc
+        breaker.success()
+        fetched = {name: int(value or 0) for name, value in zip(missing, values)}
+        self._remember(namespace, fetched, generation)
+        return fetched
 
     # -- bumps ------------------------------------------------------------------
 
@@ -144,7 +184,7 @@ class RedisVersions:
 
     async def abump(self, namespace: str, names: Collection[str]) -> None:
         ordered = list(names)
-        client = await self._async_clients.get()
+        client = (await self._loops.get()).client
         if self._tier.cluster:
             new = [int(await client.incr(self._key(namespace, name))) for name in ordered]
         else:
