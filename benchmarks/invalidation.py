@@ -64,7 +64,11 @@ def server(url: str | None) -> Iterator[str]:
 
 def _stats(seconds: list[float]) -> dict[str, float]:
     us = [s * 1e6 for s in seconds]
-    return {"median_us": percentile(us, 50), "p90_us": percentile(us, 90), "p99_us": percentile(us, 99)}
+    return {
+        "median_us": percentile(us, 50),
+        "p90_us": percentile(us, 90),
+        "p99_us": percentile(us, 99),
+    }
 
 
 def hit_cost(caches: dict[str, TieredCache], rounds: int, calls: int) -> dict[str, Any]:
@@ -73,7 +77,9 @@ def hit_cost(caches: dict[str, TieredCache], rounds: int, calls: int) -> dict[st
         with depends_on(*DEPENDENCIES):
             cache.update("three dependencies", "llm", ANSWER)
     samples: dict[tuple[str, str], list[float]] = {}
-    cases = [(tier, prompt) for tier in caches for prompt in ("no dependencies", "three dependencies")]
+    cases = [
+        (tier, prompt) for tier in caches for prompt in ("no dependencies", "three dependencies")
+    ]
     rng = random.Random(3)
     for _ in range(rounds):
         rng.shuffle(cases)
@@ -88,8 +94,15 @@ def hit_cost(caches: dict[str, TieredCache], rounds: int, calls: int) -> dict[st
                 into.append(time.perf_counter() - start)
     table: dict[str, Any] = {}
     for tier in caches:
-        none, three = _stats(samples[(tier, "no dependencies")]), _stats(samples[(tier, "three dependencies")])
-        table[tier] = {"none": none, "three": three, "ratio": three["median_us"] / none["median_us"]}
+        none, three = (
+            _stats(samples[(tier, "no dependencies")]),
+            _stats(samples[(tier, "three dependencies")]),
+        )
+        table[tier] = {
+            "none": none,
+            "three": three,
+            "ratio": three["median_us"] / none["median_us"],
+        }
     return table
 
 
@@ -97,7 +110,10 @@ async def _fill(cache: TieredCache, entries: int) -> None:
     with depends_on("doc:hot"):
         for start in range(0, entries, 500):
             await asyncio.gather(
-                *(cache.aupdate(f"question {i}", "llm", ANSWER) for i in range(start, min(start + 500, entries)))
+                *(
+                    cache.aupdate(f"question {i}", "llm", ANSWER)
+                    for i in range(start, min(start + 500, entries))
+                )
             )
 
 
@@ -117,7 +133,10 @@ def invalidation(url: str, entries: int, repeats: int) -> dict[str, Any]:
             start = time.perf_counter()
             cache.invalidate("doc:unused")
             cold.append(time.perf_counter() - start)
-        stale = sum(cache.lookup(f"question {i}", "llm") is None for i in range(0, entries, max(1, entries // 200)))
+        stale = sum(
+            cache.lookup(f"question {i}", "llm") is None
+            for i in range(0, entries, max(1, entries // 200))
+        )
         return {
             "dependent_entries": entries,
             "fill_seconds": fill_seconds,
@@ -150,7 +169,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Python {report['python']}; {report['server']}; {report['rounds']} interleaved rounds of "
         f"{report['calls']} lookups per case. Microseconds per call.",
         "",
-        "| tier | hit, no dependencies (median/p90/p99) | hit, three dependencies | ratio (goal <= 1.2) |",
+        "| tier | hit, no dependencies (median/p90/p99) | hit, three dependencies"
+        " | ratio (goal <= 1.2) |",
         "|---|---:|---:|---:|",
     ]
     for tier, row in report["hit_cost"].items():
@@ -169,22 +189,31 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| dependency | median us | p90 us | p99 us |",
         "|---|---:|---:|---:|",
-        f"| with {inv['dependent_entries']:,} dependents | {hot['median_us']:.0f} | {hot['p90_us']:.0f} | {hot['p99_us']:.0f} |",
-        f"| with none | {cold['median_us']:.0f} | {cold['p90_us']:.0f} | {cold['p99_us']:.0f} |",
+        _row(f"with {inv['dependent_entries']:,} dependents", hot),
+        _row("with none", cold),
         "",
-        f"After it, {inv['sampled_entries_stale_after']} of {inv['sampled']} sampled dependent entries miss.",
+        f"After it, {inv['sampled_entries_stale_after']} of {inv['sampled']} sampled dependent"
+        " entries miss.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _row(label: str, cell: dict[str, float]) -> str:
+    return f"| {label} | {cell['median_us']:.0f} | {cell['p90_us']:.0f} | {cell['p99_us']:.0f} |"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (CI)")
-    parser.add_argument("--url", help="use this Redis instead of starting valkey (only our prefix is touched)")
+    parser.add_argument(
+        "--url", help="use this Redis instead of starting valkey (only our prefix is touched)"
+    )
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    rounds, calls, entries, repeats = (2, 200, 2_000, 20) if args.quick else (12, 1000, args.entries, 200)
+    rounds, calls, entries, repeats = (
+        (2, 200, 2_000, 20) if args.quick else (12, 1000, args.entries, 200)
+    )
     with server(args.url) as url, tempfile.TemporaryDirectory() as tmp:
         caches = {
             "memory (L1)": TieredCache(l2=None),

@@ -1,8 +1,8 @@
 """llmcache: a tiered cache for LLM calls, as a LangChain drop-in.
 
-    from langchain_core.globals import set_llm_cache
-    from llmcache import TieredCache
-    set_llm_cache(TieredCache())
+from langchain_core.globals import set_llm_cache
+from llmcache import TieredCache
+set_llm_cache(TieredCache())
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ _MESSAGE_SCHEMAS = {
 
 def dump_generations(generations: Sequence[Generation]) -> list[dict[str, Any]]:
     """The JSON-able form of what the model returned. Raises SerializationError."""
-    if not isinstance(generations, Sequence) or isinstance(generations, (str, bytes)):
+    value: object = generations  # callers outside the type checker pass anything
+    if not isinstance(value, (list, tuple)):
         raise SerializationError(f"expected a sequence of generations, got {type(generations)}")
     try:
         return [_dump_one(generation) for generation in generations]
@@ -200,7 +201,7 @@ def _compile_one(item: Any) -> _Part:
 def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
     if not isinstance(stored, dict):
         raise SerializationError("stored message is not an object")
-    cls = _MESSAGES.get(stored.get("type"))
+    cls = _MESSAGES.get(str(stored.get("type")))
     fields = stored.get("fields")
     if cls is None or not isinstance(fields, dict):
         raise SerializationError(f"message class not allowed: {stored.get('type')!r}")

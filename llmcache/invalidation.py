@@ -59,7 +59,9 @@ _dependencies: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 
 def validate_dependency(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 512 or "\x00" in name:
-        raise ConfigurationError(f"a dependency is a non-empty string of at most 512 characters: {name!r}")
+        raise ConfigurationError(
+            f"a dependency is a non-empty string of at most 512 characters: {name!r}"
+        )
     return name
 
 
@@ -93,6 +95,7 @@ class VersionStore(Protocol):
     def peek(self, namespace: str, names: Collection[str]) -> dict[str, int] | None:
         """``current`` if it needs no network round trip, else None. Never waits on a server."""
         ...
+
     def generation(self) -> int | None:
         """A number that changes whenever any version may have changed (None: cannot say).
 
@@ -100,6 +103,7 @@ class VersionStore(Protocol):
         while the generation is still G. It must move *after* the versions do.
         """
         ...
+
     def bump(self, namespace: str, names: Collection[str]) -> None: ...
     def close(self) -> None: ...
     async def acurrent(self, namespace: str, names: Collection[str]) -> dict[str, int]: ...
@@ -183,7 +187,9 @@ class DiskVersions(_LocalOnly):
             return self._db, self._map
         self.directory.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(
-            self.directory / "versions.sqlite", timeout=10, isolation_level=None,
+            self.directory / "versions.sqlite",
+            timeout=10,
+            isolation_level=None,
             check_same_thread=False,
         )
         db.execute("PRAGMA journal_mode=WAL")

@@ -66,11 +66,11 @@ class TieredCache(BaseCache):
     def __init__(
         self,
         *,
-        l1: Tier | None | _Default = DEFAULT,
-        l2: Tier | str | os.PathLike[str] | None | _Default = DEFAULT,
+        l1: Tier | _Default | None = DEFAULT,
+        l2: Tier | str | os.PathLike[str] | _Default | None = DEFAULT,
         namespace: str = "default",
         ttl: float | None = None,
-        secret: str | bytes | None | _Default = DEFAULT,
+        secret: str | bytes | _Default | None = DEFAULT,
         dependencies: DependencyRules | None = None,
         versions: VersionStore | None = None,
         clock: Callable[[], float] = time.time,
@@ -204,9 +204,7 @@ class TieredCache(BaseCache):
             self._pending.remember(key, snapshot)
         return self._answer(hit)
 
-    def _update_flow(
-        self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE
-    ) -> Flow[int]:
+    def _update_flow(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Flow[int]:
         dependencies = self._dependencies(prompt, llm_string)
         if not return_val or dependencies is None:
             return 0  # an empty list would read back as a hit with no answer
@@ -278,11 +276,11 @@ def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
     return MemoryVersions()
 
 
-def _l1_tier(l1: Tier | None | _Default) -> Tier | None:
+def _l1_tier(l1: Tier | _Default | None) -> Tier | None:
     return MemoryTier() if isinstance(l1, _Default) else l1
 
 
-def _l2_tier(l2: Tier | str | os.PathLike[str] | None | _Default) -> Tier | None:
+def _l2_tier(l2: Tier | str | os.PathLike[str] | _Default | None) -> Tier | None:
     if isinstance(l2, _Default):
         return DiskTier(default_directory())
     if isinstance(l2, str) and l2.startswith(_REDIS_SCHEMES):

@@ -34,9 +34,9 @@ from llmcache.errors import ConfigurationError, IntegrityError, SerializationErr
 
 __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",
-    "Encoded",
     "FORMAT_VERSION",
     "MAX_DECOMPRESSED_BYTES",
+    "Encoded",
     "Record",
     "Signer",
     "decode",

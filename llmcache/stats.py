@@ -110,8 +110,14 @@ class Counters:
             first = kind not in self._logged
             self._logged.add(kind)
         level = logging.WARNING if first else logging.DEBUG
-        logger.log(level, "llmcache %s: %s failed (%s: %s); treated as a miss",
-                   self.name, what, type(exc).__name__, exc)
+        logger.log(
+            level,
+            "llmcache %s: %s failed (%s: %s); treated as a miss",
+            self.name,
+            what,
+            type(exc).__name__,
+            exc,
+        )
 
     def reset(self) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, Union, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from llmcache import serialization
 from llmcache.errors import ConfigurationError, IntegrityError, SerializationError
@@ -136,7 +136,7 @@ class ReadVersions:
         return store.acurrent(self.namespace, self.names)
 
 
-Op = Union[Get, Put, Delete, Clear, ReadVersions]
+Op = Get | Put | Delete | Clear | ReadVersions
 Flow = Generator[Op, Any, T]
 
 
@@ -294,7 +294,7 @@ class Layers:
                 if found is None:
                     return None
             known.update(found)
-        for name, version in recorded.items():
+        for name, version in recorded.items():  # noqa: SIM110 - a loop: no generator on the hit path
             if known[name] != version:
                 return False
         return True

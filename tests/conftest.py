@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(autouse=True)
-def _private_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def default_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test may touch ~/.cache/llmcache or see another test's secret."""
     directory = tmp_path / "llmcache-default"
     monkeypatch.setenv("LLMCACHE_DIR", str(directory))
     monkeypatch.delenv("LLMCACHE_SECRET", raising=False)
     monkeypatch.delenv("LLMCACHE_SECRET_ID", raising=False)
-    yield directory
+    return directory

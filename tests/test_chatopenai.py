@@ -69,7 +69,9 @@ def test_transport_settings_share_entries_but_temperature_does_not(
     assert sim.requests == 3
 
 
-async def test_ainvoke_under_gather_and_a_semaphore(sim: Simulator, chat: ChatFactory, tmp_path: Path) -> None:
+async def test_ainvoke_under_gather_and_a_semaphore(
+    sim: Simulator, chat: ChatFactory, tmp_path: Path
+) -> None:
     model = chat(TieredCache(l2=DiskTier(tmp_path)))
     dishes = [f"dish {i}" for i in range(40)]
     limit = asyncio.Semaphore(8)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,7 +279,10 @@ def test_disk_versions_survive_a_new_store_and_count_up(tmp_path: Path) -> None:
 
 def test_concurrent_bumps_from_threads_are_all_counted(tmp_path: Path) -> None:
     store = DiskVersions(tmp_path)
-    threads = [threading.Thread(target=lambda: [store.bump("ns", ["x"]) for _ in range(25)]) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: [store.bump("ns", ["x"]) for _ in range(25)])
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -150,7 +150,9 @@ def test_key_memo_agrees_with_the_function_and_stays_bounded() -> None:
 _texts = st.text(min_size=0, max_size=40)
 
 
-@given(contents=st.lists(_texts, min_size=1, max_size=5), ids=st.lists(_texts, min_size=5, max_size=5))
+@given(
+    contents=st.lists(_texts, min_size=1, max_size=5), ids=st.lists(_texts, min_size=5, max_size=5)
+)
 def test_property_ids_never_matter(contents: list[str], ids: list[str]) -> None:
     plain = dumps([HumanMessage(c) for c in contents])
     with_ids = dumps([HumanMessage(c, id=i or None) for c, i in zip(contents, ids)])
@@ -169,7 +171,9 @@ def test_property_different_conversations_never_collide(a: list[str], b: list[st
     cost=st.floats(min_value=0, max_value=10, allow_nan=False),
     reply=_texts,
 )
-def test_property_usage_of_earlier_turns_never_matters(tokens: int, cost: float, reply: str) -> None:
+def test_property_usage_of_earlier_turns_never_matters(
+    tokens: int, cost: float, reply: str
+) -> None:
     usage = {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens}
     first = dumps([HumanMessage("q"), AIMessage(reply, usage_metadata=usage), HumanMessage("r")])
     replay = dumps(

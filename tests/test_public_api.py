@@ -21,7 +21,9 @@ def test_the_documented_names_are_public() -> None:
 
 
 def test_every_exception_derives_from_the_root() -> None:
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)]
+    classes = [
+        c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)
+    ]
     assert len(classes) >= 5
     for cls in classes:
         assert issubclass(cls, errors.LLMCacheError), cls

@@ -170,7 +170,9 @@ def test_a_silent_listener_is_found_within_its_bound(private_server: RedisServer
         elapsed = time.monotonic() - start
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
-    print(f"silent listener detected after {elapsed * 1000:.0f} ms (bound {2.5 * 0.2 * 1000:.0f} ms)")
+    print(
+        f"silent listener detected after {elapsed * 1000:.0f} ms (bound {2.5 * 0.2 * 1000:.0f} ms)"
+    )
     assert elapsed <= 2.5 * 0.2 + 0.05  # the documented bound, plus scheduling slack
     versions.close()
     tier.close()

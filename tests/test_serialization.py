@@ -21,10 +21,14 @@ SIGNER = Signer.from_secret("a secret of at least sixteen bytes")
 OTHER = Signer.from_secret("another secret, also long enough")
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -96,7 +100,14 @@ def test_signer_from_env_and_repr_hides_the_secret() -> None:
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"", b"LLMC", b"LLMC\x09\x00{}", b"LLMC\x01\x00not json", b"\x80\x04pickle", b"LLMC\x01\x00[1]"],
+    [
+        b"",
+        b"LLMC",
+        b"LLMC\x09\x00{}",
+        b"LLMC\x01\x00not json",
+        b"\x80\x04pickle",
+        b"LLMC\x01\x00[1]",
+    ],
 )
 def test_garbage_is_a_serialization_error(garbage: bytes) -> None:
     with pytest.raises(SerializationError):
@@ -182,13 +193,18 @@ def test_n_generations_text_and_chunks_round_trip() -> None:
 
 
 def test_content_blocks_round_trip() -> None:
-    blocks: list[Any] = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}]
+    blocks: list[Any] = [
+        {"type": "text", "text": "hi"},
+        {"type": "image_url", "image_url": {"url": "u"}},
+    ]
     restored = _round_trip([_chat(AIMessage(content=blocks))])
     assert restored[0].message.content == blocks
 
 
 def test_parsed_structured_output_is_stored_as_its_json_form() -> None:
-    message = AIMessage('{"name":"kimchi","kcal":23}', additional_kwargs={"parsed": Meal(name="kimchi", kcal=23)})
+    message = AIMessage(
+        '{"name":"kimchi","kcal":23}', additional_kwargs={"parsed": Meal(name="kimchi", kcal=23)}
+    )
     restored = _round_trip([_chat(message)])
     parsed = restored[0].message.additional_kwargs["parsed"]
     assert parsed == {"name": "kimchi", "kcal": 23}
@@ -220,13 +236,44 @@ def test_every_hit_is_fresh_with_a_new_id() -> None:
         [],
         {"type": "ChatGeneration"},
         [{"type": "HumanMessage", "text": "x", "info": None}],
-        [{"type": "ChatGeneration", "text": "x", "info": None, "message": {"type": "SystemMessage", "fields": {}}}],
-        [{"type": "ChatGeneration", "text": "x", "info": None,
-          "message": {"type": "AIMessage", "fields": {"content": "x", "__class__": "os.system"}}}],
-        [{"type": "ChatGeneration", "text": "x", "info": None,
-          "message": {"type": "AIMessage", "fields": {"content": 42}}}],
-        [{"type": "ChatGeneration", "text": "x", "info": None,
-          "message": {"type": "AIMessage", "fields": {"content": "x", "tool_calls": ["rm -rf"]}}}],
+        [
+            {
+                "type": "ChatGeneration",
+                "text": "x",
+                "info": None,
+                "message": {"type": "SystemMessage", "fields": {}},
+            }
+        ],
+        [
+            {
+                "type": "ChatGeneration",
+                "text": "x",
+                "info": None,
+                "message": {
+                    "type": "AIMessage",
+                    "fields": {"content": "x", "__class__": "os.system"},
+                },
+            }
+        ],
+        [
+            {
+                "type": "ChatGeneration",
+                "text": "x",
+                "info": None,
+                "message": {"type": "AIMessage", "fields": {"content": 42}},
+            }
+        ],
+        [
+            {
+                "type": "ChatGeneration",
+                "text": "x",
+                "info": None,
+                "message": {
+                    "type": "AIMessage",
+                    "fields": {"content": "x", "tool_calls": ["rm -rf"]},
+                },
+            }
+        ],
         [{"type": "Generation", "text": 5, "info": None}],
     ],
 )
@@ -236,8 +283,14 @@ def test_payloads_outside_the_allowlist_are_refused(payload: Any) -> None:
 
 
 def test_a_payload_missing_newer_fields_still_loads_with_defaults() -> None:
-    payload = [{"type": "ChatGeneration", "text": "x", "info": None,
-                "message": {"type": "AIMessage", "fields": {"content": "x"}}}]
+    payload = [
+        {
+            "type": "ChatGeneration",
+            "text": "x",
+            "info": None,
+            "message": {"type": "AIMessage", "fields": {"content": "x"}},
+        }
+    ]
     (restored,) = load_generations(payload)
     assert restored.message.content == "x"
     assert restored.message.tool_calls == []
@@ -267,7 +320,12 @@ text = st.text(max_size=30)
 @given(
     content=text,
     calls=st.lists(
-        st.fixed_dictionaries({"name": st.text(min_size=1, max_size=8), "args": st.dictionaries(st.text(max_size=5), json_values, max_size=3)}),
+        st.fixed_dictionaries(
+            {
+                "name": st.text(min_size=1, max_size=8),
+                "args": st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+            }
+        ),
         max_size=3,
     ),
     tokens=st.integers(0, 10**6),

@@ -68,12 +68,12 @@ class BrokenTier:
         pass
 
 
-def test_zero_config_touches_nothing_until_first_write(_private_cache_dir: Path) -> None:
+def test_zero_config_touches_nothing_until_first_write(default_cache_dir: Path) -> None:
     cache = TieredCache()
     assert cache.lookup("p", "l") is None
-    assert not _private_cache_dir.exists()
+    assert not default_cache_dir.exists()
     cache.update("p", "l", ANSWER)
-    assert _private_cache_dir.is_dir()
+    assert default_cache_dir.is_dir()
     assert _content(TieredCache().lookup("p", "l")) == "41 g carbs"  # a new instance reads L2
 
 
@@ -151,10 +151,15 @@ def test_namespaces_isolate_and_clear_only_their_own(tmp_path: Path) -> None:
     a.clear()
     assert a.lookup("p", "l") is None
     assert _content(b.lookup("p", "l")) == "b's answer"
-    assert _content(TieredCache(l1=None, l2=DiskTier(tmp_path), namespace="tenant-b").lookup("p", "l")) == "b's answer"
+    assert (
+        _content(TieredCache(l1=None, l2=DiskTier(tmp_path), namespace="tenant-b").lookup("p", "l"))
+        == "b's answer"
+    )
 
 
-def test_a_broken_tier_is_a_miss_never_an_exception(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_broken_tier_is_a_miss_never_an_exception(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cache = TieredCache(l1=BrokenTier(), l2=DiskTier(tmp_path))
     assert cache.lookup("p", "l") is None
     cache.update("p", "l", ANSWER)
@@ -162,7 +167,9 @@ def test_a_broken_tier_is_a_miss_never_an_exception(tmp_path: Path, caplog: pyte
     cache.clear()
     stats = cache.stats().tiers["broken"]
     assert stats.errors >= 4
-    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "broken" in r.getMessage()]
+    warnings = [
+        r for r in caplog.records if r.levelname == "WARNING" and "broken" in r.getMessage()
+    ]
     assert len(warnings) == 3  # once per kind of operation (get, set, clear), not once per call
 
 
@@ -258,7 +265,9 @@ def test_large_answers_round_trip_compressed(tmp_path: Path) -> None:
     stored = raw.get(_disk_key())
     raw.close()
     assert len(stored) < 5000
-    assert _content(TieredCache(l1=None, l2=DiskTier(tmp_path)).lookup("p", "l")) == "bibimbap " * 5000
+    assert (
+        _content(TieredCache(l1=None, l2=DiskTier(tmp_path)).lookup("p", "l")) == "bibimbap " * 5000
+    )
 
 
 @pytest.mark.parametrize(
@@ -284,11 +293,14 @@ def test_l2_accepts_a_path(tmp_path: Path) -> None:
 
 
 def test_plain_llms_are_cached_too(tmp_path: Path) -> None:
-    llm = FakeListLLM(responses=["first answer", "second answer"], cache=TieredCache(l2=DiskTier(tmp_path)))
+    llm = FakeListLLM(
+        responses=["first answer", "second answer"], cache=TieredCache(l2=DiskTier(tmp_path))
+    )
     assert llm.invoke("tell me") == "first answer"
     assert llm.invoke("tell me") == "first answer"  # a hit: the fake would have said "second"
     fresh = FakeListLLM(
-        responses=["first answer", "second answer"], cache=TieredCache(l1=None, l2=DiskTier(tmp_path))
+        responses=["first answer", "second answer"],
+        cache=TieredCache(l1=None, l2=DiskTier(tmp_path)),
     )
     assert fresh.invoke("tell me") == "first answer"
     assert fresh.i == 0  # served from disk: the model was never called

@@ -78,9 +78,7 @@ def test_memory_default_ttl_and_override(clock: FakeClock) -> None:
     assert tier.get("n:long") == b"2"
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"max_entries": 0}, {"max_bytes": 0}, {"ttl": 0}, {"ttl": -1}]
-)
+@pytest.mark.parametrize("kwargs", [{"max_entries": 0}, {"max_bytes": 0}, {"ttl": 0}, {"ttl": -1}])
 def test_memory_rejects_bad_bounds(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         MemoryTier(**kwargs)  # type: ignore[arg-type]

@@ -47,7 +47,11 @@ class _BytesOnlyDisk(diskcache.Disk):  # type: ignore[misc]
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_RAW:
-            return bytes(value) if isinstance(value, (bytes, memoryview, sqlite3.Binary)) else _NOT_OURS
+            return (
+                bytes(value)
+                if isinstance(value, (bytes, memoryview, sqlite3.Binary))
+                else _NOT_OURS
+            )
         if mode == diskcache.core.MODE_BINARY:
             return super().fetch(mode, filename, value, read)
         return _NOT_OURS  # text or pickle: not something we wrote

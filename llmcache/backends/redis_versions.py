@@ -94,7 +94,9 @@ class RedisVersions:
         found, missing, _ = self._cached(namespace, names)
         return None if missing else found
 
-    def _cached(self, namespace: str, names: Collection[str]) -> tuple[dict[str, int], list[str], int]:
+    def _cached(
+        self, namespace: str, names: Collection[str]
+    ) -> tuple[dict[str, int], list[str], int]:
         """Versions known locally, names still to fetch, and the generation they were read at."""
         self._ensure_listener()
         with self._lock:
@@ -254,9 +256,10 @@ class RedisVersions:
                         pinged_at = None
                     elif kind == "message":
                         document = json.loads(message["data"])
-                        self._apply(str(document["ns"]), {
-                            str(name): int(version) for name, version in document["v"].items()
-                        })
+                        self._apply(
+                            str(document["ns"]),
+                            {str(name): int(version) for name, version in document["v"].items()},
+                        )
                 if pinged_at is not None and now - pinged_at > self.ping_interval:
                     raise ConnectionError("no PONG from the version channel: assuming it is gone")
                 if pinged_at is None and now - last_ping >= self.ping_interval:
