@@ -191,5 +191,5 @@ async def test_an_unreachable_cluster_fails_fast_and_opens_the_seed_breaker(
         await tier.aget("ns:k")
     with pytest.raises(TierError, match="circuit breaker open"):
         tier.get("ns:k")
-    assert time.perf_counter() - start < 0.05
+    assert time.perf_counter() - start < 0.1  # refused, not asked
     await tier.aclose()

@@ -184,7 +184,7 @@ def test_sigstop_each_call_is_bounded_then_the_breaker_answers_at_once(
     assert all(isinstance(result, TierError) for _, result in timings)
     assert all(elapsed < BOUND for elapsed, _ in timings), timings
     assert all(elapsed >= SOCKET_TIMEOUT * 0.9 for elapsed, _ in timings[:3])  # really waited
-    assert all(elapsed < 0.005 for elapsed, _ in timings[3:])  # open: not asking at all
+    assert all(elapsed < 0.05 for elapsed, _ in timings[3:])  # open: not asking at all
     assert tier.breakers["server"].state == "open"
 
     private_server.resume()
@@ -212,7 +212,7 @@ async def test_sigstop_under_a_gather_of_lookups(
     start = time.perf_counter()
     results = await asyncio.gather(*(cache.alookup(f"p{i}", "llm") for i in range(100)))
     assert results == [None] * 100
-    assert time.perf_counter() - start < 0.05  # refused without waiting
+    assert time.perf_counter() - start < SOCKET_TIMEOUT / 2  # refused without waiting
     assert cache.stats().tiers["redis"].errors == 400
 
     private_server.resume()
@@ -241,15 +241,18 @@ async def test_sigstop_under_concurrent_ainvokes(
         return time.perf_counter() - start, answer.content
 
     private_server.pause()
-    rounds = [await asyncio.gather(*map(timed, prompts)) for _ in range(3)]
+    rounds = [await asyncio.gather(*map(timed, prompts)) for _ in range(2)]
     for timings in rounds:  # every call answers, with the model's own (deterministic) answer
         assert [content for _, content in timings] == warm
-    # Closed breaker: a lookup and a write, each at most one timeout (50 calls, 2 round trips).
-    assert max(elapsed for elapsed, _ in rounds[0]) < 2 * BOUND + 0.2
-    assert max(elapsed for elapsed, _ in rounds[1]) < 2 * BOUND + 0.2
+        # Closed breaker: a lookup and a write, each at most one timeout (2 round trips).
+        assert max(elapsed for elapsed, _ in timings) < 2 * BOUND + 0.2
     assert tier.breakers["server"].state == "open"  # lookups, writes, lookups: 3 failures
-    # Open breaker: the third round does not wait for Redis at all.
-    assert max(elapsed for elapsed, _ in rounds[2]) < SOCKET_TIMEOUT
+    # Open breaker: later calls do not wait for Redis at all (one at a time, so that
+    # the figure is the call's own, not 50 calls' CPU on a busy machine).
+    for prompt, answer in zip(prompts[:5], warm, strict=False):
+        elapsed, content = await timed(prompt)
+        assert content == answer
+        assert elapsed < SOCKET_TIMEOUT
 
 
 @pytest.mark.redis

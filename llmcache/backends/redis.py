@@ -288,20 +288,10 @@ class RedisTier:
                     pending, finish = self._command(client, step)
                     reply = finish(pending)
 
-    def close(self) -> None:
-        """Close what this tier opened, in every loop it can still reach."""
-        with self._lock:
-            sync, self._sync = self._sync, self._byo_client
-        if sync is not None and sync is not self._byo_client:
-            sync.close()
-        self._loops.close_all()
-
-    # -- Tier: async ------------------------------------------------------------------------
-
     def keys(self, namespace: str) -> list[str]:
         """Every key of ``namespace`` (without the prefix): SCAN, for maintenance jobs only."""
-        client = self._client()
         with self._guard(self._seed, "scan"):
+            client = self._client()
             if self.cluster:
                 found = client.scan_iter(
                     match=self._match(namespace), count=_SCAN_COUNT,
@@ -311,6 +301,16 @@ class RedisTier:
                 found = client.scan_iter(match=self._match(namespace), count=_SCAN_COUNT)
             rkeys = [_as_bytes(rkey).decode() for rkey in found]
         return [rkey[len(self.prefix) :] for rkey in rkeys]
+
+    def close(self) -> None:
+        """Close what this tier opened, in every loop it can still reach."""
+        with self._lock:
+            sync, self._sync = self._sync, self._byo_client
+        if sync is not None and sync is not self._byo_client:
+            sync.close()
+        self._loops.close_all()
+
+    # -- Tier: async ------------------------------------------------------------------------
 
     async def aget(self, key: str) -> bytes | None:
         if not self.cluster and self._breaker("server").state == "open":
