@@ -33,7 +33,18 @@ from llmcache.invalidation import MemoryVersions, VersionStore
 from llmcache.serialization import Record, Signer
 from llmcache.stats import Counters, TierStats
 
-__all__ = ["Clear", "Delete", "Flow", "Get", "Hit", "Layers", "Put", "ReadVersions", "Tier"]
+__all__ = [
+    "Clear",
+    "Delete",
+    "Flow",
+    "Get",
+    "Hit",
+    "Layers",
+    "Put",
+    "ReadVersions",
+    "TargetOp",
+    "Tier",
+]
 
 T = TypeVar("T")
 
@@ -136,7 +147,22 @@ class ReadVersions:
         return store.acurrent(self.namespace, self.names)
 
 
-Op = Get | Put | Delete | Clear | ReadVersions
+class TargetOp(Protocol):
+    """An operation on a target added with :meth:`Layers.attach` (coalescing's joins and waits).
+
+    Like the operations above it runs itself both ways; its ``run`` may block
+    and its ``arun`` may await (a wait for another caller is I/O-like).
+    """
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def what(self) -> str: ...
+    def run(self, target: Any) -> Any: ...
+    def arun(self, target: Any) -> Awaitable[Any]: ...
+
+
+Op = Get | Put | Delete | Clear | ReadVersions | TargetOp
 Flow = Generator[Op, Any, T]
 
 
@@ -173,6 +199,16 @@ class Layers:
         self._targets: tuple[Any, ...] = (*self.tiers, self.versions)
         self._versions_index = len(self.tiers)
         self._counters = tuple(Counters(target.name) for target in self._targets)
+
+    def attach(self, target: Any) -> int:
+        """Add a target that is not a tier (it has a ``name``, ``close`` and ``aclose``).
+
+        Returns the index its operations (:class:`TargetOp`) address it by.
+        It is closed with the layers; its counters are not a tier's.
+        """
+        self._targets = (*self._targets, target)
+        self._counters = (*self._counters, Counters(target.name))
+        return len(self._targets) - 1
 
     # -- drivers --------------------------------------------------------------
 
