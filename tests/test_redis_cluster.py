@@ -12,10 +12,12 @@ from typing import Any
 import openai
 import pytest
 import redis
+import redis.asyncio.cluster
 from langchain_openai import ChatOpenAI
 
 from llmcache import TieredCache, TierError
 from llmcache.backends.redis import RedisTier
+from llmcache.errors import ConfigurationError
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import FakeClock
 from tests.tier_contract import TierContract
@@ -193,3 +195,25 @@ async def test_an_unreachable_cluster_fails_fast_and_opens_the_seed_breaker(
         tier.get("ns:k")
     assert time.perf_counter() - start < 0.1  # refused, not asked
     await tier.aclose()
+
+
+async def test_cluster_clients_passed_in_are_used_and_never_closed(
+    redis_cluster: RedisClusterServers, key_prefix: str
+) -> None:
+    client = redis.cluster.RedisCluster.from_url(redis_cluster.url)
+    async_client = redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.url)
+    try:
+        with pytest.raises(ConfigurationError):
+            RedisTier(client=client)  # the async kind cannot be derived from a cluster client
+        tier = RedisTier(client=client, async_client=async_client, prefix=key_prefix)
+        assert tier.cluster  # recognised from the clients
+        await asyncio.gather(*(tier.aset(f"ns:{i}", b"%d" % i) for i in range(30)))
+        assert [tier.get(f"ns:{i}") for i in range(30)] == [b"%d" % i for i in range(30)]
+        await tier.aclear("ns")
+        assert await tier.aget("ns:1") is None
+        await tier.aclose()
+        assert client.ping()
+        assert await async_client.ping()
+    finally:
+        client.close()
+        await async_client.aclose()

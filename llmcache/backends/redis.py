@@ -110,8 +110,11 @@ class RedisTier:
             raise ConfigurationError("pass either a URL or clients, not both")
         if url is not None and not (isinstance(url, str) and url.startswith(_SCHEMES)):
             raise ConfigurationError(f"a Redis URL starts with one of {_SCHEMES}: {url!r}")
-        cluster = cluster or isinstance(client, redis.cluster.RedisCluster) or isinstance(
-            async_client, redis.asyncio.cluster.RedisCluster)  # fmt: skip
+        cluster = (
+            cluster
+            or isinstance(client, redis.cluster.RedisCluster)
+            or isinstance(async_client, redis.asyncio.cluster.RedisCluster)
+        )
         if cluster and url is not None and url.startswith("unix://"):
             raise ConfigurationError("a Redis Cluster is reached over TCP, not unix://")
         if cluster and url is None and (client is None or async_client is None):

@@ -65,7 +65,6 @@ class AutoBatcher:
         self._queue: list[Pending] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.round_trips = 0  # how many flushes went out: for tests and stats
 
     def submit(
         self, op: Op, key: str, value: bytes | None = None, px: int | None = None
@@ -86,7 +85,6 @@ class AutoBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[Pending]) -> None:
-        self.round_trips += 1
         try:
             results = await self._round_trip(batch)
         except asyncio.CancelledError:
@@ -99,7 +97,7 @@ class AutoBatcher:
             if pending.future.done():
                 continue  # its caller gave up (cancelled); nobody to tell
             if isinstance(result, BaseException):
-                pending.future.set_exception(result)
+                pending.future.set_exception(_own(result))
             else:
                 pending.future.set_result(result)
 
@@ -114,6 +112,14 @@ class AutoBatcher:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _own(exc: BaseException) -> TierError:
+    """Each caller's own TierError: one exception raised in many tasks would pile
+    all their tracebacks onto itself."""
+    error = TierError(*exc.args) if isinstance(exc, TierError) else TierError(f"redis: {exc}")
+    error.__cause__ = exc.__cause__ if isinstance(exc, TierError) else exc
+    return error
 
 
 # -- one per event loop ---------------------------------------------------------
