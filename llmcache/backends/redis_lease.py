@@ -1,0 +1,238 @@
+"""Cross-process leases for in-flight coalescing, on a RedisTier's server.
+
+The coalescing logic is in ``llmcache.coalesce``; this is its Redis I/O.
+
+* A process that leads a key takes ``SET <prefix>lease:<key> <token> NX PX <lease>``.
+  While its leader is alive (its task not done, its frame still on its
+  thread's stack) a keeper thread extends the lease every ``lease / 3``
+  seconds, compare-and-PEXPIRE, so a long call never loses it; a process that
+  dies stops extending, and its lease expires within ``lease`` seconds.
+* When the leader has written its value - or failed - it deletes the lease if
+  it still holds it and publishes the key on ``<prefix>coalesce``, in one
+  script. A failure noticed outside a flow (a done callback, a dead frame) is
+  handed to the keeper thread, never done in an event loop.
+* The other processes' local leaders wait for that message (one subscriber
+  thread per process wakes them), and read the tiers again every ``fallback``
+  seconds (0.25) whatever happens: a lost message, a listener still
+  connecting, or a dead leader cost at most that, never a busy poll. Each read
+  that finds nothing tries the lease again, which is how an expired one is
+  taken over.
+
+Connections come from the tier (its settings, breakers and error wrapping);
+nothing connects, and no thread starts, before the first lease.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from llmcache.backends.redis_batch import PerLoop
+from llmcache.coalesce import NOTIFIED, Outcome
+from llmcache.stats import Counters
+
+if TYPE_CHECKING:
+    from llmcache.backends.redis import RedisTier
+
+__all__ = ["RedisLeases"]
+
+# Delete the lease only if it is still ours (it may have expired and been taken
+# over), then tell everyone the key is settled either way.
+_FINISH = """
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+redis.call('publish', ARGV[2], ARGV[3])
+return 1
+"""
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_STOP = ("", "")
+
+
+class RedisLeases:
+    """Leases, their keeper thread and the subscriber thread of one cache."""
+
+    def __init__(self, tier: RedisTier, *, lease: float = 10.0, fallback: float = 0.25) -> None:
+        self._tier = tier
+        self.lease = lease
+        self.fallback = fallback
+        self.channel = f"{tier.prefix}coalesce"
+        #: Set by the coalescer: releases dead leaders' flights, returns the leases to extend.
+        self.tick: Callable[[], list[tuple[str, str]]] | None = None
+        self.connected = False  # whether the subscriber is listening (tests, tools)
+        self.counters = Counters("coalesce:redis")
+        self._px = max(1, math.ceil(lease * 1000))
+        self._lock = threading.Lock()
+        self._interest: dict[str, set[Outcome]] = {}
+        self._async_clients: PerLoop[Any] = PerLoop(tier._new_async_client)
+        self._stop = threading.Event()
+        self._jobs: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._pid = 0
+
+    def lease_key(self, key: str) -> str:
+        return f"{self._tier.prefix}lease:{key}"
+
+    # -- interest in other processes' word ------------------------------------------
+
+    def listen(self, key: str) -> Outcome:
+        """An outcome set when a message about ``key`` arrives (register before the SET NX)."""
+        self._start()
+        heard = Outcome()
+        with self._lock:
+            self._interest.setdefault(key, set()).add(heard)
+        return heard
+
+    def forget(self, key: str, heard: Outcome) -> None:
+        with self._lock:
+            waiting = self._interest.get(key)
+            if waiting is not None:
+                waiting.discard(heard)
+                if not waiting:
+                    del self._interest[key]
+
+    def _notify(self, key: str) -> None:
+        with self._lock:
+            waiting = self._interest.pop(key, None)
+        for heard in waiting or ():
+            heard.set(NOTIFIED)
+
+    # -- the lease: sync and async ------------------------------------------------------
+
+    def acquire(self, key: str, token: str) -> bool:
+        self._start()
+        rkey = self.lease_key(key)
+        with self._tier._guard(self._tier._node(rkey), "lease"):
+            return bool(self._tier._client().set(rkey, token, nx=True, px=self._px))
+
+    async def aacquire(self, key: str, token: str) -> bool:
+        self._start()
+        rkey = self.lease_key(key)
+        return bool(await self._aexecute(rkey, "lease", "set", rkey, token, nx=True, px=self._px))
+
+    def finish(self, key: str, token: str) -> None:
+        rkey = self.lease_key(key)
+        with self._tier._guard(self._tier._node(rkey), "lease release"):
+            self._tier._client().eval(_FINISH, 1, rkey, token, self.channel, key)
+
+    async def afinish(self, key: str, token: str) -> None:
+        rkey = self.lease_key(key)
+        await self._aexecute(rkey, "lease release", "eval", _FINISH, 1, rkey, token,
+                             self.channel, key)  # fmt: skip
+
+    async def _aexecute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
+        breaker = self._tier._breaker(self._tier._node(rkey))
+        breaker.check()  # a server known to be down costs nothing
+        try:
+            client = await self._async_clients.get()
+            reply = await getattr(client, command)(*args, **kwargs)
+        except Exception as exc:
+            raise self._tier._failed(breaker, what, exc) from exc
+        breaker.success()
+        return reply
+
+    def release_later(self, key: str, token: str) -> None:
+        """Finish from the keeper thread (for callers that must not block, e.g. in a loop)."""
+        self._start()
+        self._jobs.put((key, token))
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._pid == os.getpid() or self._stop.is_set():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # First use, or first use after a fork (threads do not survive one).
+            self._jobs = queue.SimpleQueue()
+            self._threads = [
+                threading.Thread(target=target, name=name, daemon=True)
+                for target, name in ((self._keep, "llmcache-leases"),
+                                     (self._listen, "llmcache-coalesce"))
+            ]  # fmt: skip
+            for thread in self._threads:
+                thread.start()
+            self._pid = os.getpid()
+
+    def _keep(self) -> None:
+        """Run queued releases at once; extend live leases every ``lease / 3`` seconds."""
+        every = self.lease / 3
+        due = time.monotonic() + every
+        while not self._stop.is_set():
+            try:
+                wait = max(0.0, due - time.monotonic())
+                job: tuple[str, str] | None = self._jobs.get(timeout=wait)
+            except queue.Empty:
+                job = None
+            if job == _STOP:
+                return
+            try:
+                if job is not None:
+                    self.finish(*job)
+                if time.monotonic() >= due:
+                    due = time.monotonic() + every
+                    self._renew(self.tick() if self.tick is not None else [])
+            except Exception as exc:  # the lease expires on its own; nothing else to do
+                self.counters.failure("errors", "lease keeper", exc)
+
+    def _renew(self, held: list[tuple[str, str]]) -> None:
+        if not held:
+            return
+        client = self._tier._client()
+        with self._tier._guard(self._tier._seed, "lease renewal"):
+            if self._tier.cluster:
+                for key, token in held:
+                    client.eval(_RENEW, 1, self.lease_key(key), token, self._px)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for key, token in held:
+                    pipe.eval(_RENEW, 1, self.lease_key(key), token, self._px)
+                pipe.execute()
+
+    def _listen(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            client = None
+            try:
+                client = self._tier._new_sync_client()
+                pubsub = client.pubsub()
+                pubsub.subscribe(self.channel)
+                try:
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(timeout=self.fallback)
+                        if message is None:
+                            continue
+                        if message.get("type") == "subscribe":
+                            self.connected, backoff = True, 0.05
+                        elif message.get("type") == "message":
+                            data = message["data"]
+                            self._notify(data.decode() if isinstance(data, bytes) else str(data))
+                finally:
+                    self.connected = False
+                    pubsub.close()
+            except Exception:
+                # Followers read the tiers every ``fallback`` seconds meanwhile.
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                if client is not None:
+                    client.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._jobs.put(_STOP)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=2)
+        self._async_clients.close_all()
+
+    async def aclose(self) -> None:
+        await self._async_clients.aclose_current()
+        self.close()

@@ -1,0 +1,595 @@
+"""In-flight coalescing: N identical concurrent misses make one upstream call.
+
+The first lookup that misses a key *leads* it: it goes on to call the model.
+Lookups of the same key while that call is in flight *follow*: they wait for
+the leader's ``update`` and return its value as a hit (counted "coalesced").
+All of it happens inside ``BaseCache``: a miss is where a call starts, its
+update is where it ends. The registry is keyed by storage key.
+
+A leader that never updates must not strand its followers. The signals:
+
+* asyncio: the leader's task (``asyncio.current_task()`` at its miss) gets a
+  done callback. When the task ends - raised, cancelled, or returned without
+  updating the key - its followers are released at once. LangChain runs every
+  ``_agenerate_with_cache`` in a task of its own (``agenerate`` gathers them),
+  so the task's end is the call's end. A task leading several keys releases
+  each at its update, and at its end whatever it still leads.
+* threads: LangChain's sync path calls lookup, the model and update from one
+  frame (``_generate_with_cache``) of one thread. The flight keeps that frame;
+  a waiting follower checks every ``poll`` seconds (20 ms) whether it is still
+  on its thread's stack (``sys._current_frames``). Gone - it raised, returned
+  without an update, or the thread ended - releases the followers: within
+  ``poll`` of the failure.
+* a caller that asks again for a key it leads has ended its earlier attempt (a
+  retry loop): it leads again, and never waits on itself.
+* last resort: a leader that gives no signal at all (an ``alookup`` outside any
+  task) expires after ``lease`` seconds; and no follower waits longer than its
+  bound (``wait``, a number or a function of the call), then it is a miss.
+
+Released followers race to lead; the registry's lock lets exactly one win.
+
+Dependencies: a caller follows a leader only if both missed at the same
+dependency versions (their snapshots are equal), so the leader's answer is
+exactly as fresh as the follower's own call would have been. If a dependency is
+invalidated while the leader is in flight, its answer is stored stale (it
+records the leader's snapshot) and is still handed to the followers that had
+joined; a caller that misses after the invalidation does not join.
+
+Across processes, with a Redis L2 (``backends/redis_lease.py``): a local
+leader takes a lease in Redis before calling the model. If another process
+holds it, the local leader waits for that process's word (pub/sub), reading
+the tiers again every ``fallback`` seconds, and shares what it finds with its
+own followers; a lease whose holder died expires and is taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+from llmcache.errors import ConfigurationError
+from llmcache.serialization import Record
+from llmcache.stats import Counters
+from llmcache.tiers import Flow, Hit, Layers, Tier
+
+if TYPE_CHECKING:
+    from llmcache.backends.redis_lease import RedisLeases
+
+__all__ = ["COALESCED", "Coalescer", "Outcome", "WaitBound", "remote_leases"]
+
+#: The tier named by a hit that a leader handed over in this process.
+COALESCED: Final = "coalesced"
+#: Seconds a follower may wait, or a function of ``(prompt, llm_string)`` giving them.
+WaitBound = float | Callable[[str, str], float]
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+TIMEOUT: Final = _Signal("TIMEOUT")  # a wait ran out of time
+RETRY: Final = _Signal("RETRY")  # the leader ended without a value: race to lead
+GIVE_UP: Final = _Signal("GIVE_UP")  # its value cannot be handed over: each goes alone
+NOTIFIED: Final = _Signal("NOTIFIED")  # another process finished or let go: read again
+_PENDING: Final = _Signal("PENDING")
+
+
+class Outcome:
+    """A value set once, from any thread, that threads and event loops can wait for."""
+
+    __slots__ = ("_event", "_futures", "_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._value: Any = _PENDING
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+
+    @property
+    def done(self) -> bool:
+        return self._value is not _PENDING
+
+    @property
+    def value(self) -> Any:
+        return self._value
+
+    def set(self, value: Any) -> bool:
+        """Set the value and wake every waiter, each in its own thread or loop. First wins."""
+        with self._lock:
+            if self._value is not _PENDING:
+                return False
+            self._value = value
+            futures, self._futures = self._futures, []
+        self._event.set()
+        for loop, future in futures:
+            _wake(loop, future, value)
+        return True
+
+    def wait(self, timeout: float) -> Any:
+        """Block up to ``timeout`` seconds: the value, or TIMEOUT."""
+        return self._value if self._event.wait(timeout) else TIMEOUT
+
+    async def await_(self, timeout: float) -> Any:
+        """Await up to ``timeout`` seconds: the value, or TIMEOUT."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._value is not _PENDING:
+                return self._value
+            future: asyncio.Future[Any] = loop.create_future()
+            self._futures.append((loop, future))
+        timer = loop.call_later(timeout, _settle, future, TIMEOUT)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            with self._lock:
+                if (loop, future) in self._futures:
+                    self._futures.remove((loop, future))
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any) -> None:
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        _settle(future, value)
+    elif not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed in between: nobody waits there now
+            loop.call_soon_threadsafe(_settle, future, value)
+
+
+# -- who leads, and how to tell that its call is over --------------------------------
+
+
+class _Owner:
+    """A leader that gives no signal: only the lease expiry ends its flight."""
+
+    polled = True  # followers re-check every ``poll`` seconds
+    expires = True
+
+    def alive(self) -> bool:
+        return True
+
+    def same(self, other: _Owner) -> bool:
+        return False
+
+
+class _TaskOwner(_Owner):
+    polled = False  # its done callback releases the followers
+    expires = False
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+
+    def alive(self) -> bool:
+        return not self.task.done()
+
+    def same(self, other: _Owner) -> bool:
+        return isinstance(other, _TaskOwner) and other.task is self.task
+
+
+class _ThreadOwner(_Owner):
+    expires = False
+
+    def __init__(self, ident: int, frame: FrameType | None, loop: Any) -> None:
+        self.ident = ident
+        self.frame = frame  # the caller's frame: lookup, model and update all happen in it
+        self.loop = loop  # the event loop running in this thread, if any
+
+    def alive(self) -> bool:
+        frame: FrameType | None = sys._current_frames().get(self.ident)
+        while frame is not None:
+            if frame is self.frame:
+                return True
+            frame = frame.f_back
+        return False
+
+    def same(self, other: _Owner) -> bool:
+        return isinstance(other, _ThreadOwner) and other.ident == self.ident
+
+
+_INTERNAL = frozenset({__name__, "llmcache.tiers", "llmcache.langchain_adapter"})
+
+
+def _thread_owner() -> _Owner:
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in _INTERNAL:
+        frame = frame.f_back
+    try:
+        loop: Any = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    return _ThreadOwner(threading.get_ident(), frame, loop)
+
+
+def _blocks_its_leader(follower: _Owner, leader: _Owner) -> bool:
+    """A blocking wait in the thread of the leader's own event loop would freeze the leader."""
+    return (
+        isinstance(follower, _ThreadOwner)
+        and follower.loop is not None
+        and isinstance(leader, _TaskOwner)
+        and leader.task.get_loop() is follower.loop
+    )
+
+
+@dataclass(eq=False)
+class _Flight:
+    key: str
+    snapshot: Mapping[str, int]
+    owner: _Owner
+    started: float
+    outcome: Outcome = field(default_factory=Outcome)
+    followers: int = 0
+    token: str | None = None  # the Redis lease this process holds for the key
+
+
+# -- the operations (waiting is I/O-like: the drivers block or await) -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Lead the key, follow its leader, or neither (a plain miss: None)."""
+
+    index: int
+    key: str
+    snapshot: Mapping[str, int]
+    mark: int
+    what = "join"
+
+    def run(self, target: Coalescer) -> tuple[_Flight, bool] | Hit | None:
+        return target.join(self.key, self.snapshot, self.mark, _thread_owner())
+
+    async def arun(self, target: Coalescer) -> tuple[_Flight, bool] | Hit | None:
+        task = asyncio.current_task()
+        owner = _Owner() if task is None else _TaskOwner(task)
+        return target.join(self.key, self.snapshot, self.mark, owner)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    index: int
+    outcome: Outcome
+    timeout: float
+    what = "wait"
+
+    def run(self, target: Coalescer) -> Any:
+        return self.outcome.wait(self.timeout)
+
+    def arun(self, target: Coalescer) -> Any:
+        return self.outcome.await_(self.timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Take the key's lease in Redis: True, or False if another process holds it."""
+
+    index: int
+    key: str
+    token: str
+    what = "lease"
+
+    def run(self, target: Coalescer) -> bool:
+        return target.remote_leases().acquire(self.key, self.token)
+
+    def arun(self, target: Coalescer) -> Any:
+        return target.remote_leases().aacquire(self.key, self.token)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Let go of the lease and tell the other processes (the value is written, or never will be)."""
+
+    index: int
+    key: str
+    token: str
+    what = "lease release"
+
+    def run(self, target: Coalescer) -> None:
+        target.remote_leases().finish(self.key, self.token)
+
+    def arun(self, target: Coalescer) -> Any:
+        return target.remote_leases().afinish(self.key, self.token)
+
+
+# -- the registry ---------------------------------------------------------------------
+
+
+class Coalescer:
+    """In-flight keys of one cache, their leaders and followers; a target of the layers."""
+
+    name = "coalesce"
+
+    def __init__(
+        self,
+        *,
+        wait: WaitBound = 30.0,
+        lease: float = 10.0,
+        poll: float = 0.02,
+        remote: RedisLeases | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        recent: int = 1024,
+    ) -> None:
+        if not callable(wait) and (not isinstance(wait, (int, float)) or wait < 0):
+            raise ConfigurationError(f"coalesce_wait is seconds >= 0 or a function: {wait!r}")
+        if lease <= 0 or poll <= 0:
+            raise ConfigurationError("coalesce_lease and poll must be positive")
+        self.wait = wait
+        self.lease = lease
+        self.poll = poll
+        self.remote = remote
+        self.index = -1
+        self.counters = Counters(self.name)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        # Values handed over lately, for a caller that missed just before the
+        # leader's update and joins just after it: (completion number, snapshot, record).
+        self._recent: OrderedDict[str, tuple[int, Mapping[str, int], Record]] = OrderedDict()
+        self._recent_max = recent
+        self._completed = 0
+        self._sweep_at = 64
+        if remote is not None:
+            remote.tick = self._renewals
+
+    def attach(self, layers: Layers) -> None:
+        self.index = layers.attach(self)
+
+    @property
+    def mark(self) -> int:
+        """Taken when a lookup starts: values completed after it may be handed to it."""
+        return self._completed
+
+    def bound(self, prompt: str, llm_string: str) -> float:
+        """How long a follower of this call may wait (0: do not coalesce it)."""
+        if not callable(self.wait):
+            return float(self.wait)
+        try:
+            return float(self.wait(prompt, llm_string))
+        except Exception as exc:  # not knowing the bound, do not wait at all
+            self.counters.failure("errors", "coalesce_wait", exc)
+            return 0.0
+
+    def remote_leases(self) -> RedisLeases:
+        if self.remote is None:  # pragma: no cover - lease operations are remote-only
+            raise ConfigurationError("no Redis leases configured")
+        return self.remote
+
+    def followers(self, key: str) -> int:
+        """How many callers have joined the key's current flight (for tests and tools)."""
+        flight = self._flights.get(key)
+        return 0 if flight is None else flight.followers
+
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    def counts(self) -> dict[str, int]:
+        get = self.counters.get
+        return {
+            "coalesced": get("coalesced"),
+            "coalesce_timeouts": get("timeouts"),
+            "coalesce_released": get("released"),
+        }
+
+    # -- the flows: written once, driven by lookup and by alookup ------------------------
+
+    def join_flow(
+        self,
+        key: str,
+        snapshot: Mapping[str, int],
+        mark: int,
+        bound: float,
+        reread: Callable[[], Flow[tuple[Hit | None, Any]]],
+    ) -> Flow[Hit | None]:
+        """After a miss: the leader's value as a hit, or None to go on and call the model."""
+        if bound <= 0:
+            return None
+        deadline = self._clock() + bound
+        while True:
+            joined = yield Join(self.index, key, snapshot, mark)
+            if joined is None or isinstance(joined, Hit):
+                return joined
+            flight, leading = joined
+            if leading:
+                if self.remote is None:
+                    return None
+                return (yield from self._lead_remote(flight, deadline, reread))
+            outcome = yield from self._follow(flight, deadline)
+            if isinstance(outcome, Record):
+                self.counters.add("coalesced")
+                return Hit(outcome, COALESCED, parsed=False)
+            if outcome is not RETRY:
+                return None  # out of time, nothing to hand over, or an error
+
+    def _follow(self, flight: _Flight, deadline: float) -> Flow[Any]:
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                self.counters.add("timeouts")
+                return TIMEOUT
+            if flight.owner.polled:
+                remaining = min(remaining, self.poll)
+            outcome = yield Wait(self.index, flight.outcome, remaining)
+            if outcome is not TIMEOUT:
+                return outcome
+            self.check(flight)
+
+    def _lead_remote(
+        self,
+        flight: _Flight,
+        deadline: float,
+        reread: Callable[[], Flow[tuple[Hit | None, Any]]],
+    ) -> Flow[Hit | None]:
+        """Lead in this process; lead across processes too, or wait for the one that does."""
+        remote, key, token = self.remote_leases(), flight.key, uuid.uuid4().hex
+        while True:
+            if flight.outcome.done:  # a caller here updated the key meanwhile
+                value = flight.outcome.value
+                return Hit(value, COALESCED, parsed=False) if isinstance(value, Record) else None
+            heard = remote.listen(key)  # before the SET NX: no word can slip between them
+            try:
+                acquired = yield Acquire(self.index, key, token)
+                if acquired is None:
+                    return None  # Redis unreachable: lead here without a lease (fail-open)
+                if not acquired:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        self.counters.add("timeouts")
+                        return None
+                    yield Wait(self.index, heard, min(remote.fallback, remaining))
+            finally:
+                remote.forget(key, heard)
+            if acquired:
+                flight.token = token
+            # Either another process finished (or let go), or one finished just
+            # before this process took the lease: read what is there now.
+            hit, _ = yield from reread()
+            if hit is not None:
+                self._resolve(key, hit.record)
+                if acquired:
+                    yield Finish(self.index, key, token)
+                self.counters.add("coalesced")
+                return Hit(hit.record, hit.tier, parsed=False)
+            if acquired:
+                return None  # this process leads: call the model
+
+    def finish_flow(
+        self, key: str, payload: Any | None, versions: Mapping[str, int] | None
+    ) -> Flow[None]:
+        """At an update: hand the value to the key's followers (None: it could not be stored)."""
+        record = None if payload is None else Record(payload, None, dict(versions or {}))
+        flight = self._resolve(key, record)
+        if flight is not None and flight.token is not None and self.remote is not None:
+            yield Finish(self.index, key, flight.token)
+
+    # -- registry operations (thread-safe, never blocking) -----------------------------
+
+    def join(
+        self, key: str, snapshot: Mapping[str, int], mark: int, owner: _Owner
+    ) -> tuple[_Flight, bool] | Hit | None:
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None and flight.owner.same(owner):
+                # It asks again, so its earlier attempt ended without an update: lead on.
+                if isinstance(owner, _ThreadOwner):
+                    flight.owner = owner
+                return flight, True
+            if flight is not None and self._gone(flight):
+                self._release_locked(flight, RETRY)
+                flight = None
+            if flight is not None:
+                if flight.snapshot != snapshot or _blocks_its_leader(owner, flight.owner):
+                    return None
+                flight.followers += 1
+                return flight, False
+            held = self._recent.get(key)
+            if held is not None and held[0] > mark and held[1] == snapshot:
+                self.counters.add("coalesced")
+                return Hit(held[2], COALESCED, parsed=False)
+            flight = self._flights[key] = _Flight(key, snapshot, owner, self._clock())
+            if len(self._flights) > self._sweep_at:
+                self._sweep_locked()
+        if isinstance(owner, _TaskOwner):
+            owner.task.add_done_callback(partial(self._task_done, flight))
+        return flight, True
+
+    def check(self, flight: _Flight) -> None:
+        """Release the flight if its leader's call is over (polled by waiting followers)."""
+        if self._flights.get(flight.key) is flight and self._gone(flight):
+            self.release(flight, RETRY)
+
+    def release(self, flight: _Flight, signal: _Signal) -> None:
+        with self._lock:
+            self._release_locked(flight, signal)
+
+    def _task_done(self, flight: _Flight, task: asyncio.Task[Any]) -> None:
+        self.release(flight, RETRY)  # a no-op if its update resolved it already
+
+    def _gone(self, flight: _Flight) -> bool:
+        if flight.owner.expires:
+            return self._clock() - flight.started >= self.lease
+        return not flight.owner.alive()
+
+    def _release_locked(self, flight: _Flight, signal: _Signal) -> None:
+        if self._flights.get(flight.key) is not flight:
+            return
+        del self._flights[flight.key]
+        self.counters.add("released")
+        flight.outcome.set(signal)
+        if flight.token is not None and self.remote is not None:
+            self.remote.release_later(flight.key, flight.token)
+
+    def _sweep_locked(self) -> None:
+        # Flights whose thread leader failed with nobody following linger until
+        # looked at; sweeping when the registry doubles keeps that amortised O(1).
+        for flight in list(self._flights.values()):
+            if self._gone(flight):
+                self._release_locked(flight, RETRY)
+        self._sweep_at = 2 * len(self._flights) + 64
+
+    def _resolve(self, key: str, record: Record | None) -> _Flight | None:
+        with self._lock:
+            flight = self._flights.pop(key, None)
+            if flight is None:
+                return None
+            if record is not None:
+                self._completed += 1
+                self._recent[key] = (self._completed, flight.snapshot, record)
+                self._recent.move_to_end(key)
+                while len(self._recent) > self._recent_max:
+                    self._recent.popitem(last=False)
+        flight.outcome.set(GIVE_UP if record is None else record)
+        return flight
+
+    def _renewals(self) -> list[tuple[str, str]]:
+        """For the lease keeper: the leases to extend; releases those whose leader is gone."""
+        with self._lock:
+            held = [flight for flight in self._flights.values() if flight.token is not None]
+        renew = []
+        for flight in held:
+            if self._gone(flight):
+                self.release(flight, RETRY)
+            elif flight.token is not None:
+                renew.append((flight.key, flight.token))
+        return renew
+
+    def close(self) -> None:
+        with self._lock:
+            for flight in list(self._flights.values()):
+                self._release_locked(flight, GIVE_UP)
+        if self.remote is not None:
+            self.remote.close()
+
+    async def aclose(self) -> None:
+        if self.remote is not None:
+            await self.remote.aclose()
+        self.close()
+
+
+def remote_leases(tiers: Sequence[Tier], lease: float) -> RedisLeases | None:
+    """Leases on the first Redis tier from the bottom, if there is one."""
+    for tier in reversed(tiers):
+        if type(tier).__name__ == "RedisTier":  # no import: redis is an optional extra
+            from llmcache.backends.redis_lease import RedisLeases
+
+            return RedisLeases(tier, lease=lease)  # type: ignore[arg-type]
+    return None
