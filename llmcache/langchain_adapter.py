@@ -18,6 +18,7 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
 from llmcache.backends.disk import DiskTier
 from llmcache.backends.memory import MemoryTier
+from llmcache.coalesce import Coalescer, WaitBound, remote_leases
 from llmcache.errors import ConfigurationError, SerializationError, TierError
 from llmcache.generations import compile_template, dump_generations
 from llmcache.invalidation import (
@@ -60,6 +61,11 @@ class TieredCache(BaseCache):
     :func:`default_directory`. Pass ``l1=None`` or ``l2=None`` to switch a
     tier off; ``l2`` also takes a ``redis://`` URL or a directory path.
     ``secret`` (default: ``$LLMCACHE_SECRET``) signs every stored value.
+    Identical concurrent misses make one model call (``llmcache.coalesce``):
+    followers wait for the leader's update at most ``coalesce_wait`` seconds
+    (or a function of ``(prompt, llm_string)``; 0 for no waiting); with a Redis
+    L2 the leader holds a lease of ``coalesce_lease`` seconds, kept while it
+    lives. ``coalesce=False`` switches it off.
     Nothing is opened, created or connected until the first call.
     """
 
@@ -75,6 +81,9 @@ class TieredCache(BaseCache):
         versions: VersionStore | None = None,
         clock: Callable[[], float] = time.time,
         compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
+        coalesce: bool = True,
+        coalesce_wait: WaitBound = 30.0,
+        coalesce_lease: float = 10.0,
     ) -> None:
         self.namespace = validate_namespace(namespace)
         if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
@@ -98,6 +107,14 @@ class TieredCache(BaseCache):
         self._pending = PendingSnapshots()
         self._counters = Counters("cache")
         self._keys = KeyMemo()
+        self._coalescer: Coalescer | None = None
+        if coalesce:
+            self._coalescer = Coalescer(
+                wait=coalesce_wait,
+                lease=coalesce_lease,
+                remote=remote_leases(tiers, coalesce_lease),
+            )
+            self._coalescer.attach(self._layers)
 
     @property
     def tiers(self) -> Sequence[Tier]:
@@ -175,11 +192,14 @@ class TieredCache(BaseCache):
             errors=counters.get("errors"),
             tokens_saved=counters.get("tokens_saved"),
             tiers=self._layers.stats(),
+            extra=self._coalescer.counts() if self._coalescer is not None else {},
         )
 
     def reset_stats(self) -> None:
         self._counters.reset()
         self._layers.reset_stats()
+        if self._coalescer is not None:
+            self._coalescer.counters.reset()
 
     def close(self) -> None:
         self._layers.close()
@@ -199,7 +219,18 @@ class TieredCache(BaseCache):
         if dependencies is None:
             self._counters.add("misses")
             return None
+        coalescer = self._coalescer
+        mark = coalescer.mark if coalescer is not None else 0
         hit, snapshot = yield from self._layers.get_flow(key, self.namespace, dependencies)
+        if hit is None and coalescer is not None and snapshot is not None:
+            # A miss: lead the call, or wait for the identical one in flight.
+            hit = yield from coalescer.join_flow(
+                key,
+                snapshot,
+                mark,
+                coalescer.bound(prompt, llm_string),
+                lambda: self._layers.get_flow(key, self.namespace, dependencies),
+            )
         if hit is None and dependencies and snapshot is not None:
             self._pending.remember(key, snapshot)
         return self._answer(hit)
@@ -212,20 +243,21 @@ class TieredCache(BaseCache):
         versions = self._pending.take(key) if dependencies else None
         try:
             payload = dump_generations(return_val)
-            return (
-                yield from self._layers.put_flow(
-                    key,
-                    self.namespace,
-                    payload,
-                    ttl=self.ttl,
-                    dependencies=dependencies,
-                    versions=versions,
-                )
+            written = yield from self._layers.put_flow(
+                key,
+                self.namespace,
+                payload,
+                ttl=self.ttl,
+                dependencies=dependencies,
+                versions=versions,
             )
         except SerializationError as exc:
             # A value we cannot store exactly is not stored; the call still succeeds.
             self._counters.failure("errors", "encode", exc)
-            return 0
+            payload, written = None, 0
+        if self._coalescer is not None:  # written first: other processes read it on our word
+            yield from self._coalescer.finish_flow(key, payload, versions)
+        return written
 
     def _dependencies(self, prompt: str, llm_string: str) -> frozenset[str] | None:
         """The enclosing ``depends_on`` names plus the rules' (None: do not cache this call)."""
