@@ -374,8 +374,10 @@ class Coalescer:
             raise ConfigurationError("no Redis leases configured")
         return self.remote
 
-    def followers(self, key: str) -> int:
-        """How many callers have joined the key's current flight (for tests and tools)."""
+    def followers(self, key: str | None = None) -> int:
+        """How many callers joined the key's flight, or every flight's (for tests and tools)."""
+        if key is None:
+            return sum(flight.followers for flight in list(self._flights.values()))
         flight = self._flights.get(key)
         return 0 if flight is None else flight.followers
 
