@@ -428,8 +428,7 @@ def test_a_value_that_cannot_be_stored_lets_each_follower_go_alone() -> None:
     led.wait(5)
     results: list[Any] = []
     followers = [
-        threading.Thread(target=lambda: results.append(cache.lookup("q", "llm")))
-        for _ in range(3)
+        threading.Thread(target=lambda: results.append(cache.lookup("q", "llm"))) for _ in range(3)
     ]
     for follower in followers:
         follower.start()

@@ -226,11 +226,16 @@ class RedisLeases:
                     client.close()
 
     def close(self) -> None:
+        """Stop both threads; wait only for the keeper (its queue wakes it at once).
+
+        The subscriber notices the stop within ``fallback`` seconds and closes its
+        own connection: closing never blocks a caller, or its event loop, that long.
+        """
         self._stop.set()
         self._jobs.put(_STOP)
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=2)
+        keeper = self._threads[0] if self._threads else None
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=2)
         self._async_clients.close_all()
 
     async def aclose(self) -> None:

@@ -1,0 +1,201 @@
+"""Coalescing across processes: a lease in Redis, the leader's word by pub/sub.
+
+Real processes (fresh interpreters) share nothing but a Redis server and the
+simulator, which counts the upstream requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import redis
+
+from llmcache.simulator import Simulator, SimulatorConfig
+
+pytest_plugins = ["tests.redis_servers"]
+pytest.register_assert_rewrite("tests.redis_servers")
+from tests.redis_servers import purge_prefix  # noqa: E402
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+LATENCY = 1.0  # seconds per upstream request: long enough for every process to be in flight
+MARGIN = 1.5  # process scheduling on two busy cores, pub/sub delivery, one fallback read
+
+# One process: set up, say "ready", wait for "go", then make ``n`` identical
+# calls at once (asyncio.gather, or LangChain's batch in threads).
+CHILD = """
+import asyncio, json, sys, time
+from langchain_openai import ChatOpenAI
+from llmcache import RedisTier, TieredCache
+
+url, prefix, base_url, prompt, n, mode, lease = sys.argv[1:]
+cache = TieredCache(l2=RedisTier(url, prefix=prefix), namespace="stampede",
+                    coalesce_lease=float(lease))
+llm = ChatOpenAI(model="gpt-4o-mini", base_url=base_url, api_key="sim", max_retries=0,
+                 timeout=60, cache=cache)
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.perf_counter()
+if mode == "threads":
+    results = llm.batch([prompt] * int(n), config={"max_concurrency": int(n)},
+                        return_exceptions=True)
+else:
+    async def main():
+        try:
+            return await asyncio.gather(*(llm.ainvoke(prompt) for _ in range(int(n))),
+                                        return_exceptions=True)
+        finally:
+            await cache.aclose()
+    results = asyncio.run(main())
+elapsed = time.perf_counter() - start
+stats = cache.stats()
+answers = [r.content for r in results if not isinstance(r, BaseException)]
+print(json.dumps({"contents": sorted(set(answers)), "errors": len(results) - len(answers),
+                  "elapsed": elapsed, "hits": stats.hits, "misses": stats.misses,
+                  **stats.extra}), flush=True)
+cache.close()
+"""
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(SimulatorConfig(latency_ms=LATENCY * 1000)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def shared(redis_url: str, key_prefix: str) -> Iterator[tuple[str, str]]:
+    yield redis_url, key_prefix
+    purge_prefix(redis_url, key_prefix)
+
+
+class Child:
+    """A process running CHILD, held at "ready" until :meth:`go`."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-W", "error", "-c", CHILD, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+
+    @property
+    def stdout(self) -> IO[str]:
+        assert self.process.stdout is not None
+        return self.process.stdout
+
+    def ready(self) -> None:
+        line = self.stdout.readline().strip()
+        assert line == "ready", self.process.stderr.read() if self.process.stderr else line
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def result(self, timeout: float = 60) -> dict[str, Any]:
+        out, err = self.process.communicate(timeout=timeout)
+        assert self.process.returncode == 0, err
+        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return report
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no finally, no atexit, the lease is left behind
+        self.process.communicate(timeout=30)
+
+
+def _start(count: int, *args: str) -> list[Child]:
+    children = [Child(*args) for _ in range(count)]
+    for child in children:
+        child.ready()
+    return children
+
+
+def _wait_until(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("mode", ["asyncio", "threads"])
+def test_four_processes_of_ten_identical_calls_make_one_request(
+    mode: str, shared: tuple[str, str], sim: Simulator
+) -> None:
+    url, prefix = shared
+    prompt = f"a stampede across processes {uuid.uuid4().hex[:8]}"
+    children = _start(4, url, prefix, sim.base_url, prompt, "10", mode, "10")
+    for child in children:
+        child.go()
+    reports = [child.result() for child in children]
+    print(f"{mode}: elapsed per process (s):", [round(r["elapsed"], 3) for r in reports])
+    assert sim.requests_for(prompt) == 1
+    assert len({content for r in reports for content in r["contents"]}) == 1
+    assert all(r["errors"] == 0 for r in reports)
+    assert sorted(r["misses"] for r in reports) == [0, 0, 0, 1]  # one leader in all
+    assert sum(r["coalesced"] for r in reports) == 39
+    assert all(r["elapsed"] < LATENCY + MARGIN for r in reports)
+    with redis.Redis.from_url(url) as client:
+        assert not list(client.scan_iter(match=f"{prefix}lease:*"))  # released, not expired
+
+
+def test_a_failing_leader_process_lets_the_others_take_over_at_once(
+    shared: tuple[str, str], sim: Simulator
+) -> None:
+    url, prefix = shared
+    prompt = f"fails first across processes {uuid.uuid4().hex[:8]}"
+    sim.fail_next(1, status=500, match=prompt)
+    children = _start(4, url, prefix, sim.base_url, prompt, "10", "asyncio", "10")
+    for child in children:
+        child.go()
+    reports = [child.result() for child in children]
+    print("failed leader: elapsed per process (s):", [round(r["elapsed"], 3) for r in reports])
+    assert sim.requests_for(prompt) == 2
+    assert sum(r["errors"] for r in reports) == 1  # the first leader's own call only
+    assert len({content for r in reports for content in r["contents"]}) == 1
+    # The lease was let go on the failure, not left to expire (10 s).
+    assert all(r["elapsed"] < 2 * LATENCY + MARGIN for r in reports)
+
+
+def test_a_killed_leader_process_leaves_a_lease_that_expires(
+    shared: tuple[str, str], sim: Simulator
+) -> None:
+    url, prefix = shared
+    prompt = f"the leader dies {uuid.uuid4().hex[:8]}"
+    lease, second_call = 1.5, 0.5
+    sim.set_latency(30_000)  # the leader's call: it will not live to see the answer
+    leader, *others = _start(4, url, prefix, sim.base_url, prompt, "10", "asyncio", str(lease))
+    leader.go()
+    _wait_until(lambda: sim.requests_for(prompt) == 1)
+    sim.set_latency(second_call * 1000)
+    for child in others:
+        child.go()
+    went = time.perf_counter()
+    time.sleep(0.3)  # they find the lease held, and wait
+    with redis.Redis.from_url(url) as client:
+        (held,) = client.scan_iter(match=f"{prefix}lease:*")
+        assert 0 < client.pttl(held) <= lease * 1000
+    killed_at = time.perf_counter()
+    leader.kill()
+    reports = [child.result() for child in others]
+    # Each child timed its calls from its "go"; not counting its own exit.
+    finished = max(r["elapsed"] for r in reports) - (killed_at - went)
+    print(f"leader killed: the others finished {finished:.2f} s later (lease {lease} s)")
+    assert sim.requests_for(prompt) == 2  # the dead leader's, and its successor's
+    assert len({content for r in reports for content in r["contents"]}) == 1
+    assert all(r["errors"] == 0 for r in reports)
+    assert sorted(r["misses"] for r in reports) == [0, 0, 1]
+    # At most a lease (its last extension came just before the kill), one fallback
+    # read (0.25 s), then the successor's call.
+    assert finished < lease + 0.25 + second_call + MARGIN
