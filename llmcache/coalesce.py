@@ -327,7 +327,7 @@ class Coalescer:
         poll: float = 0.02,
         remote: RedisLeases | None = None,
         clock: Callable[[], float] = time.monotonic,
-        recent: int = 1024,
+        recent: int = 256,
     ) -> None:
         if not callable(wait) and (not isinstance(wait, (int, float)) or wait < 0):
             raise ConfigurationError(f"coalesce_wait is seconds >= 0 or a function: {wait!r}")
@@ -346,18 +346,15 @@ class Coalescer:
         # leader's update and joins just after it: (completion number, snapshot, record).
         self._recent: OrderedDict[str, tuple[int, Mapping[str, int], Record]] = OrderedDict()
         self._recent_max = recent
-        self._completed = 0
+        #: Values handed over so far. A lookup notes it as it starts: a value
+        #: completed after that may be handed to it even once its flight is over.
+        self.completed = 0
         self._sweep_at = 64
         if remote is not None:
             remote.tick = self._renewals
 
     def attach(self, layers: Layers) -> None:
         self.index = layers.attach(self)
-
-    @property
-    def mark(self) -> int:
-        """Taken when a lookup starts: values completed after it may be handed to it."""
-        return self._completed
 
     def bound(self, prompt: str, llm_string: str) -> float:
         """How long a follower of this call may wait (0: do not coalesce it)."""
@@ -554,8 +551,8 @@ class Coalescer:
             if flight is None:
                 return None
             if record is not None:
-                self._completed += 1
-                self._recent[key] = (self._completed, flight.snapshot, record)
+                self.completed += 1
+                self._recent[key] = (self.completed, flight.snapshot, record)
                 self._recent.move_to_end(key)
                 while len(self._recent) > self._recent_max:
                     self._recent.popitem(last=False)
