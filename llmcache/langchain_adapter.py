@@ -220,7 +220,7 @@ class TieredCache(BaseCache):
             self._counters.add("misses")
             return None
         coalescer = self._coalescer
-        mark = coalescer.mark if coalescer is not None else 0
+        mark = coalescer.completed if coalescer is not None else 0
         hit, snapshot = yield from self._layers.get_flow(key, self.namespace, dependencies)
         if hit is None and coalescer is not None and snapshot is not None:
             # A miss: lead the call, or wait for the identical one in flight.
