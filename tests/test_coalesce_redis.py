@@ -199,3 +199,17 @@ def test_a_killed_leader_process_leaves_a_lease_that_expires(
     # At most a lease (its last extension came just before the kill), one fallback
     # read (0.25 s), then the successor's call.
     assert finished < lease + 0.25 + second_call + MARGIN
+
+
+def test_a_leader_slower_than_its_lease_keeps_it(shared: tuple[str, str], sim: Simulator) -> None:
+    url, prefix = shared
+    prompt = f"a call longer than the lease {uuid.uuid4().hex[:8]}"
+    lease = 0.6
+    sim.set_latency(2_000)  # more than three leases: kept only because it is extended
+    children = _start(2, url, prefix, sim.base_url, prompt, "5", "asyncio", str(lease))
+    for child in children:
+        child.go()
+    reports = [child.result() for child in children]
+    assert sim.requests_for(prompt) == 1
+    assert sorted(r["misses"] for r in reports) == [0, 1]
+    assert len({content for r in reports for content in r["contents"]}) == 1
