@@ -8,23 +8,20 @@ update is where it ends. The registry is keyed by storage key.
 
 A leader that never updates must not strand its followers. The signals:
 
-* asyncio: the leader's task (``asyncio.current_task()`` at its miss) gets a
-  done callback. When the task ends - raised, cancelled, or returned without
-  updating the key - its followers are released at once. LangChain runs every
-  ``_agenerate_with_cache`` in a task of its own (``agenerate`` gathers them),
-  so the task's end is the call's end. A task leading several keys releases
-  each at its update, and at its end whatever it still leads.
+* asyncio: a done callback on the leader's task. When it ends - raised,
+  cancelled, or returned without updating the key - its followers are released
+  at once. LangChain runs each ``_agenerate_with_cache`` in a task of its own
+  (``agenerate`` gathers them); a task leading several keys releases each at
+  its update, and at its end whatever it still leads.
 * threads: LangChain's sync path calls lookup, the model and update from one
-  frame (``_generate_with_cache``) of one thread. The flight keeps that frame;
-  a waiting follower checks every ``poll`` seconds (20 ms) whether it is still
-  on its thread's stack (``sys._current_frames``). Gone - it raised, returned
-  without an update, or the thread ended - releases the followers: within
-  ``poll`` of the failure.
-* a caller that asks again for a key it leads has ended its earlier attempt (a
-  retry loop): it leads again, and never waits on itself.
-* last resort: a leader that gives no signal at all (an ``alookup`` outside any
-  task) expires after ``lease`` seconds; and no follower waits longer than its
-  bound (``wait``, a number or a function of the call), then it is a miss.
+  frame (``_generate_with_cache``). The flight keeps that frame; waiting
+  followers check every ``poll`` seconds (20 ms) that it is still on its
+  thread's stack (``sys._current_frames``). Gone - it raised, returned without
+  an update, or the thread ended - releases them within ``poll``.
+* a caller asking again for a key it leads (a retry) leads again, never waits on itself.
+* last resort: a leader with no signal at all (an ``alookup`` outside any task)
+  expires after ``lease`` seconds; no follower waits longer than its bound
+  (``wait``: seconds, or a function of the call), then it is a plain miss.
 
 Released followers race to lead; the registry's lock lets exactly one win.
 
@@ -35,11 +32,8 @@ invalidated while the leader is in flight, its answer is stored stale (it
 records the leader's snapshot) and is still handed to the followers that had
 joined; a caller that misses after the invalidation does not join.
 
-Across processes, with a Redis L2 (``backends/redis_lease.py``): a local
-leader takes a lease in Redis before calling the model. If another process
-holds it, the local leader waits for that process's word (pub/sub), reading
-the tiers again every ``fallback`` seconds, and shares what it finds with its
-own followers; a lease whose holder died expires and is taken over.
+Across processes, with a Redis L2, this process's leader also takes a lease
+in Redis, or waits for the process that holds it: ``backends/redis_lease.py``.
 """
 
 from __future__ import annotations
@@ -49,7 +43,6 @@ import contextlib
 import sys
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +58,7 @@ from llmcache.tiers import Flow, Hit, Layers, Tier
 if TYPE_CHECKING:
     from llmcache.backends.redis_lease import RedisLeases
 
-__all__ = ["COALESCED", "Coalescer", "Outcome", "WaitBound", "remote_leases"]
+__all__ = ["COALESCED", "Coalescer", "Flight", "Outcome", "Wait", "WaitBound", "remote_leases"]
 
 #: The tier named by a hit that a leader handed over in this process.
 COALESCED: Final = "coalesced"
@@ -73,12 +66,8 @@ COALESCED: Final = "coalesced"
 WaitBound = float | Callable[[str, str], float]
 
 
-class _Signal:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
+class _Signal(str):
+    """What a wait returns when there is no value to hand over."""
 
 
 TIMEOUT: Final = _Signal("TIMEOUT")  # a wait ran out of time
@@ -182,7 +171,8 @@ class _TaskOwner(_Owner):
         self.task = task
 
     def alive(self) -> bool:
-        return not self.task.done()
+        # A loop closed under a pending task never runs its done callbacks.
+        return not self.task.done() and not self.task.get_loop().is_closed()
 
     def same(self, other: _Owner) -> bool:
         return isinstance(other, _TaskOwner) and other.task is self.task
@@ -233,7 +223,9 @@ def _blocks_its_leader(follower: _Owner, leader: _Owner) -> bool:
 
 
 @dataclass(eq=False)
-class _Flight:
+class Flight:
+    """One key's call in flight in this process: its leader, and what its followers await."""
+
     key: str
     snapshot: Mapping[str, int]
     owner: _Owner
@@ -256,10 +248,10 @@ class Join:
     mark: int
     what = "join"
 
-    def run(self, target: Coalescer) -> tuple[_Flight, bool] | Hit | None:
+    def run(self, target: Coalescer) -> tuple[Flight, bool] | Hit | None:
         return target.join(self.key, self.snapshot, self.mark, _thread_owner())
 
-    async def arun(self, target: Coalescer) -> tuple[_Flight, bool] | Hit | None:
+    async def arun(self, target: Coalescer) -> tuple[Flight, bool] | Hit | None:
         task = asyncio.current_task()
         owner = _Owner() if task is None else _TaskOwner(task)
         return target.join(self.key, self.snapshot, self.mark, owner)
@@ -277,38 +269,6 @@ class Wait:
 
     def arun(self, target: Coalescer) -> Any:
         return self.outcome.await_(self.timeout)
-
-
-@dataclass(frozen=True, slots=True)
-class Acquire:
-    """Take the key's lease in Redis: True, or False if another process holds it."""
-
-    index: int
-    key: str
-    token: str
-    what = "lease"
-
-    def run(self, target: Coalescer) -> bool:
-        return target.remote_leases().acquire(self.key, self.token)
-
-    def arun(self, target: Coalescer) -> Any:
-        return target.remote_leases().aacquire(self.key, self.token)
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """Let go of the lease and tell the other processes (the value is written, or never will be)."""
-
-    index: int
-    key: str
-    token: str
-    what = "lease release"
-
-    def run(self, target: Coalescer) -> None:
-        target.remote_leases().finish(self.key, self.token)
-
-    def arun(self, target: Coalescer) -> Any:
-        return target.remote_leases().afinish(self.key, self.token)
 
 
 # -- the registry ---------------------------------------------------------------------
@@ -339,9 +299,9 @@ class Coalescer:
         self.remote = remote
         self.index = -1
         self.counters = Counters(self.name)
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.Lock()
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, Flight] = {}
         # Values handed over lately, for a caller that missed just before the
         # leader's update and joins just after it: (completion number, snapshot, record).
         self._recent: OrderedDict[str, tuple[int, Mapping[str, int], Record]] = OrderedDict()
@@ -366,17 +326,9 @@ class Coalescer:
             self.counters.failure("errors", "coalesce_wait", exc)
             return 0.0
 
-    def remote_leases(self) -> RedisLeases:
-        if self.remote is None:  # pragma: no cover - lease operations are remote-only
-            raise ConfigurationError("no Redis leases configured")
-        return self.remote
-
-    def followers(self, key: str | None = None) -> int:
-        """How many callers joined the key's flight, or every flight's (for tests and tools)."""
-        if key is None:
-            return sum(flight.followers for flight in list(self._flights.values()))
-        flight = self._flights.get(key)
-        return 0 if flight is None else flight.followers
+    def followers(self) -> int:
+        """How many callers joined the flights in the air (for tests and tools)."""
+        return sum(flight.followers for flight in list(self._flights.values()))
 
     def in_flight(self) -> int:
         return len(self._flights)
@@ -402,7 +354,7 @@ class Coalescer:
         """After a miss: the leader's value as a hit, or None to go on and call the model."""
         if bound <= 0:
             return None
-        deadline = self._clock() + bound
+        deadline = self.clock() + bound
         while True:
             joined = yield Join(self.index, key, snapshot, mark)
             if joined is None or isinstance(joined, Hit):
@@ -411,7 +363,7 @@ class Coalescer:
             if leading:
                 if self.remote is None:
                     return None
-                return (yield from self._lead_remote(flight, deadline, reread))
+                return (yield from self.remote.lead_flow(self, flight, deadline, reread))
             outcome = yield from self._follow(flight, deadline)
             if isinstance(outcome, Record):
                 self.counters.add("coalesced")
@@ -419,9 +371,9 @@ class Coalescer:
             if outcome is not RETRY:
                 return None  # out of time, nothing to hand over, or an error
 
-    def _follow(self, flight: _Flight, deadline: float) -> Flow[Any]:
+    def _follow(self, flight: Flight, deadline: float) -> Flow[Any]:
         while True:
-            remaining = deadline - self._clock()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 self.counters.add("timeouts")
                 return TIMEOUT
@@ -432,59 +384,20 @@ class Coalescer:
                 return outcome
             self.check(flight)
 
-    def _lead_remote(
-        self,
-        flight: _Flight,
-        deadline: float,
-        reread: Callable[[], Flow[tuple[Hit | None, Any]]],
-    ) -> Flow[Hit | None]:
-        """Lead in this process; lead across processes too, or wait for the one that does."""
-        remote, key, token = self.remote_leases(), flight.key, uuid.uuid4().hex
-        while True:
-            if flight.outcome.done:  # a caller here updated the key meanwhile
-                value = flight.outcome.value
-                return Hit(value, COALESCED, parsed=False) if isinstance(value, Record) else None
-            heard = remote.listen(key)  # before the SET NX: no word can slip between them
-            try:
-                acquired = yield Acquire(self.index, key, token)
-                if acquired is None:
-                    return None  # Redis unreachable: lead here without a lease (fail-open)
-                if not acquired:
-                    remaining = deadline - self._clock()
-                    if remaining <= 0:
-                        self.counters.add("timeouts")
-                        return None
-                    yield Wait(self.index, heard, min(remote.fallback, remaining))
-            finally:
-                remote.forget(key, heard)
-            if acquired:
-                flight.token = token
-            # Either another process finished (or let go), or one finished just
-            # before this process took the lease: read what is there now.
-            hit, _ = yield from reread()
-            if hit is not None:
-                self._resolve(key, hit.record)
-                if acquired:
-                    yield Finish(self.index, key, token)
-                self.counters.add("coalesced")
-                return Hit(hit.record, hit.tier, parsed=False)
-            if acquired:
-                return None  # this process leads: call the model
-
     def finish_flow(
         self, key: str, payload: Any | None, versions: Mapping[str, int] | None
     ) -> Flow[None]:
         """At an update: hand the value to the key's followers (None: it could not be stored)."""
         record = None if payload is None else Record(payload, None, dict(versions or {}))
-        flight = self._resolve(key, record)
+        flight = self.resolve(key, record)
         if flight is not None and flight.token is not None and self.remote is not None:
-            yield Finish(self.index, key, flight.token)
+            yield from self.remote.finish_flow(self.index, key, flight.token)
 
     # -- registry operations (thread-safe, never blocking) -----------------------------
 
     def join(
         self, key: str, snapshot: Mapping[str, int], mark: int, owner: _Owner
-    ) -> tuple[_Flight, bool] | Hit | None:
+    ) -> tuple[Flight, bool] | Hit | None:
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and flight.owner.same(owner):
@@ -504,31 +417,29 @@ class Coalescer:
             if held is not None and held[0] > mark and held[1] == snapshot:
                 self.counters.add("coalesced")
                 return Hit(held[2], COALESCED, parsed=False)
-            flight = self._flights[key] = _Flight(key, snapshot, owner, self._clock())
+            flight = self._flights[key] = Flight(key, snapshot, owner, self.clock())
             if len(self._flights) > self._sweep_at:
                 self._sweep_locked()
         if isinstance(owner, _TaskOwner):
-            owner.task.add_done_callback(partial(self._task_done, flight))
+            owner.task.add_done_callback(partial(self.release, flight, RETRY))
         return flight, True
 
-    def check(self, flight: _Flight) -> None:
+    def check(self, flight: Flight) -> None:
         """Release the flight if its leader's call is over (polled by waiting followers)."""
         if self._flights.get(flight.key) is flight and self._gone(flight):
             self.release(flight, RETRY)
 
-    def release(self, flight: _Flight, signal: _Signal) -> None:
+    def release(self, flight: Flight, signal: _Signal = RETRY, *_: Any) -> None:
+        """End the flight without a value (a no-op if it ended already); also a done callback."""
         with self._lock:
             self._release_locked(flight, signal)
 
-    def _task_done(self, flight: _Flight, task: asyncio.Task[Any]) -> None:
-        self.release(flight, RETRY)  # a no-op if its update resolved it already
-
-    def _gone(self, flight: _Flight) -> bool:
+    def _gone(self, flight: Flight) -> bool:
         if flight.owner.expires:
-            return self._clock() - flight.started >= self.lease
+            return self.clock() - flight.started >= self.lease
         return not flight.owner.alive()
 
-    def _release_locked(self, flight: _Flight, signal: _Signal) -> None:
+    def _release_locked(self, flight: Flight, signal: _Signal) -> None:
         if self._flights.get(flight.key) is not flight:
             return
         del self._flights[flight.key]
@@ -545,7 +456,8 @@ class Coalescer:
                 self._release_locked(flight, RETRY)
         self._sweep_at = 2 * len(self._flights) + 64
 
-    def _resolve(self, key: str, record: Record | None) -> _Flight | None:
+    def resolve(self, key: str, record: Record | None) -> Flight | None:
+        """End the key's flight with a value (None: one that cannot be handed over)."""
         with self._lock:
             flight = self._flights.pop(key, None)
             if flight is None:

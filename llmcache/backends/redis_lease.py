@@ -1,9 +1,10 @@
 """Cross-process leases for in-flight coalescing, on a RedisTier's server.
 
-The coalescing logic is in ``llmcache.coalesce``; this is its Redis I/O.
+In-process coalescing is ``llmcache.coalesce``; this is its reach across processes.
 
-* A process that leads a key takes ``SET <prefix>lease:<key> <token> NX PX <lease>``.
-  While its leader is alive (its task not done, its frame still on its
+* A process's leader of a key (its first local miss) takes
+  ``SET <prefix>lease:<key> <token> NX PX <lease>`` before calling the model.
+  While that leader is alive (its task not done, its frame still on its
   thread's stack) a keeper thread extends the lease every ``lease / 3``
   seconds, compare-and-PEXPIRE, so a long call never loses it; a process that
   dies stops extending, and its lease expires within ``lease`` seconds.
@@ -11,12 +12,12 @@ The coalescing logic is in ``llmcache.coalesce``; this is its Redis I/O.
   it still holds it and publishes the key on ``<prefix>coalesce``, in one
   script. A failure noticed outside a flow (a done callback, a dead frame) is
   handed to the keeper thread, never done in an event loop.
-* The other processes' local leaders wait for that message (one subscriber
-  thread per process wakes them), and read the tiers again every ``fallback``
-  seconds (0.25) whatever happens: a lost message, a listener still
-  connecting, or a dead leader cost at most that, never a busy poll. Each read
-  that finds nothing tries the lease again, which is how an expired one is
-  taken over.
+* A process whose SET NX fails has its local leader wait for that message (one
+  subscriber thread per process wakes it), reading the tiers again every
+  ``fallback`` seconds (0.25) whatever happens: a lost message, a subscriber
+  still connecting, or a dead leader cost at most that, never a busy poll.
+  What it finds it hands to its own followers. Each read that finds nothing
+  tries the lease again, which is how an expired one is taken over.
 
 Connections come from the tier (its settings, breakers and error wrapping);
 nothing connects, and no thread starts, before the first lease.
@@ -29,15 +30,20 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
-from llmcache.coalesce import NOTIFIED, Outcome
+from llmcache.coalesce import COALESCED, NOTIFIED, Flight, Outcome, Wait
+from llmcache.serialization import Record
 from llmcache.stats import Counters
+from llmcache.tiers import Flow, Hit
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
+    from llmcache.coalesce import Coalescer
 
 __all__ = ["RedisLeases"]
 
@@ -53,6 +59,40 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[
 return 0
 """
 _STOP = ("", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Take the key's lease: True, or False while another process holds it."""
+
+    index: int  # the coalescer's: it counts these operations' failures
+    leases: RedisLeases
+    key: str
+    token: str
+    what = "lease"
+
+    def run(self, target: Any) -> bool:
+        return self.leases.acquire(self.key, self.token)
+
+    def arun(self, target: Any) -> Any:
+        return self.leases.aacquire(self.key, self.token)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Let go of the lease and tell the other processes (the value is written, or never will be)."""
+
+    index: int
+    leases: RedisLeases
+    key: str
+    token: str
+    what = "lease release"
+
+    def run(self, target: Any) -> None:
+        self.leases.finish(self.key, self.token)
+
+    def arun(self, target: Any) -> Any:
+        return self.leases.afinish(self.key, self.token)
 
 
 class RedisLeases:
@@ -78,6 +118,51 @@ class RedisLeases:
 
     def lease_key(self, key: str) -> str:
         return f"{self._tier.prefix}lease:{key}"
+
+    # -- the flows (driven by lookup and alookup alike) ---------------------------------
+
+    def lead_flow(
+        self,
+        coalescer: Coalescer,
+        flight: Flight,
+        deadline: float,
+        reread: Callable[[], Flow[tuple[Hit | None, Any]]],
+    ) -> Flow[Hit | None]:
+        """Lead in this process; lead across processes too, or wait for the one that does."""
+        key, token, index = flight.key, uuid.uuid4().hex, coalescer.index
+        while True:
+            if flight.outcome.done:  # a caller here updated the key meanwhile
+                value = flight.outcome.value
+                return Hit(value, COALESCED, parsed=False) if isinstance(value, Record) else None
+            heard = self.listen(key)  # before the SET NX: no word can slip between them
+            try:
+                acquired = yield Acquire(index, self, key, token)
+                if acquired is None:
+                    return None  # Redis unreachable: lead here without a lease (fail-open)
+                if not acquired:
+                    remaining = deadline - coalescer.clock()
+                    if remaining <= 0:
+                        coalescer.counters.add("timeouts")
+                        return None
+                    yield Wait(index, heard, min(self.fallback, remaining))
+            finally:
+                self.forget(key, heard)
+            if acquired:
+                flight.token = token
+            # Either another process finished (or let go), or one finished just
+            # before this process took the lease: read what is there now.
+            hit, _ = yield from reread()
+            if hit is not None:
+                coalescer.resolve(key, hit.record)
+                if acquired:
+                    yield Finish(index, self, key, token)
+                coalescer.counters.add("coalesced")
+                return Hit(hit.record, hit.tier, parsed=False)
+            if acquired:
+                return None  # this process leads: call the model
+
+    def finish_flow(self, index: int, key: str, token: str) -> Flow[None]:
+        yield Finish(index, self, key, token)
 
     # -- interest in other processes' word ------------------------------------------
 
