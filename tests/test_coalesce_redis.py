@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,12 +19,16 @@ from typing import IO, Any
 
 import pytest
 import redis
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration
 
+from llmcache import RedisTier, TieredCache
+from llmcache.backends.redis_lease import RedisLeases
 from llmcache.simulator import Simulator, SimulatorConfig
 
 pytest_plugins = ["tests.redis_servers"]
 pytest.register_assert_rewrite("tests.redis_servers")
-from tests.redis_servers import purge_prefix  # noqa: E402
+from tests.redis_servers import RedisClusterServers, purge_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -213,3 +218,61 @@ def test_a_leader_slower_than_its_lease_keeps_it(shared: tuple[str, str], sim: S
     assert sim.requests_for(prompt) == 1
     assert sorted(r["misses"] for r in reports) == [0, 1]
     assert len({content for r in reports for content in r["contents"]}) == 1
+
+
+def _two_caches_one_lease(url: str, prefix: str, *, cluster: bool) -> float:
+    """Two caches over one Redis stand for two processes: nothing shared but the server.
+
+    Returns how long after the leader's update the other cache had the answer.
+    """
+    a, b = (
+        TieredCache(l2=RedisTier(url, prefix=prefix, cluster=cluster), namespace="pubsub")
+        for _ in range(2)
+    )
+    leases = b._coalescer.remote if b._coalescer is not None else None
+    assert isinstance(leases, RedisLeases)
+    leases.fallback = 5.0  # a wake well within this can only be the message
+    led, go = threading.Event(), threading.Event()
+
+    def lead() -> None:
+        assert a.lookup("q", "llm") is None
+        led.set()
+        go.wait(10)
+        a.update("q", "llm", [ChatGeneration(message=AIMessage("said once"))])
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    led.wait(5)
+    answers: list[Any] = []
+    follower = threading.Thread(target=lambda: answers.append(b.lookup("q", "llm")))
+    follower.start()
+    _wait_until(lambda: leases.connected)
+    time.sleep(0.05)  # b has found the lease held and waits
+    start = time.perf_counter()
+    go.set()
+    follower.join(10)
+    heard = time.perf_counter() - start
+    leader.join()
+    assert [m.message.content for m in answers[0]] == ["said once"]
+    assert b.stats().extra["coalesced"] == 1
+    a.close()
+    b.close()
+    return heard
+
+
+def test_the_other_cache_hears_the_leader_by_pub_sub(shared: tuple[str, str]) -> None:
+    heard = _two_caches_one_lease(*shared, cluster=False)
+    print(f"the other cache had the answer {heard * 1000:.1f} ms after the update")
+    assert heard < 0.5
+
+
+@pytest.mark.cluster
+def test_leases_and_pub_sub_on_a_cluster(
+    redis_cluster: RedisClusterServers, key_prefix: str
+) -> None:
+    try:
+        heard = _two_caches_one_lease(redis_cluster.url, key_prefix, cluster=True)
+    finally:
+        purge_prefix(redis_cluster.url, key_prefix, cluster=True)
+    print(f"cluster: the other cache had the answer {heard * 1000:.1f} ms after the update")
+    assert heard < 0.5
