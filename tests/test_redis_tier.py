@@ -396,7 +396,10 @@ def test_a_value_copied_from_another_key_is_rejected_when_signed(
     (second,) = {k.decode() for k in raw.scan_iter(match=f"{key_prefix}*")} - {first}
     raw.set(second, raw.get(first))  # a valid value, under the wrong key
     assert cache.lookup("second", "llm") is None
-    assert cache.stats().tiers["redis"].corrupt == 1
+    # At least once: a lookup may read a key twice (coalescing re-reads a miss), and a
+    # value that fails its MAC is never deleted, so the second read counts it again.
+    assert cache.stats().tiers["redis"].corrupt >= 1
+    assert cache.stats().tiers["redis"].hits == 0
     assert cache.lookup("first", "llm")[0].text == "first answer"
 
 

@@ -26,7 +26,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmcache.errors import TierError
 
@@ -288,9 +290,15 @@ def _queue_commands(pipe: Any, batch: Sequence[Pending]) -> None:
 
 
 def _results(batch: Sequence[Pending], replies: Sequence[Any]) -> list[Result]:
-    """Per-operation replies; a per-operation error becomes a TierError for its caller only."""
+    """Per-operation replies; a per-operation error becomes a TierError for its caller only.
+
+    A lost connection is no per-operation error (a cluster pipeline reports it
+    per command): it is raised, so that the round trip counts as failed.
+    """
     results: list[Result] = []
     for pending, reply in zip(batch, replies, strict=False):
+        if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
+            raise reply
         if isinstance(reply, Exception):
             if pending.op == "get" and "WRONGTYPE" in str(reply):
                 reply = None  # another type under our key: absent for us, as MGET says
