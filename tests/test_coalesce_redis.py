@@ -276,3 +276,18 @@ def test_leases_and_pub_sub_on_a_cluster(
         purge_prefix(redis_cluster.url, key_prefix, cluster=True)
     print(f"cluster: the other cache had the answer {heard * 1000:.1f} ms after the update")
     assert heard < 0.5
+
+
+def test_asking_again_for_a_key_it_leads_never_waits_on_its_own_lease(
+    shared: tuple[str, str],
+) -> None:
+    url, prefix = shared
+    cache = TieredCache(l1=None, l2=RedisTier(url, prefix=prefix), coalesce_wait=30)
+    start = time.perf_counter()
+    assert cache.lookup("q", "llm") is None  # leads, and takes the lease
+    assert cache.lookup("q", "llm") is None  # a retry: this process holds the lease already
+    assert time.perf_counter() - start < 0.2
+    cache.update("q", "llm", [ChatGeneration(message=AIMessage("at last"))])
+    with redis.Redis.from_url(url) as client:
+        assert not list(client.scan_iter(match=f"{prefix}lease:*"))
+    cache.close()

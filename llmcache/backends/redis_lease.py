@@ -129,6 +129,8 @@ class RedisLeases:
         reread: Callable[[], Flow[tuple[Hit | None, Any]]],
     ) -> Flow[Hit | None]:
         """Lead in this process; lead across processes too, or wait for the one that does."""
+        if flight.token is not None:
+            return None  # its leader asks again (a retry): this process holds the lease already
         key, token, index = flight.key, uuid.uuid4().hex, coalescer.index
         while True:
             if flight.outcome.done:  # a caller here updated the key meanwhile
