@@ -25,6 +25,7 @@ nothing connects, and no thread starts, before the first lease.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import queue
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
 from llmcache.coalesce import COALESCED, NOTIFIED, Flight, Outcome, Wait
+from llmcache.errors import TierError
 from llmcache.serialization import Record
 from llmcache.stats import Counters
 from llmcache.tiers import Flow, Hit
@@ -59,6 +61,17 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[
 return 0
 """
 _STOP = ("", "")
+
+
+@dataclass(eq=False)
+class _LoopClient:
+    """One event loop's async client, and on a cluster the lock that serialises it."""
+
+    client: Any
+    lock: asyncio.Lock | None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +123,7 @@ class RedisLeases:
         self._px = max(1, math.ceil(lease * 1000))
         self._lock = threading.Lock()
         self._interest: dict[str, set[Outcome]] = {}
-        self._async_clients: PerLoop[Any] = PerLoop(tier._new_async_client)
+        self._async_clients: PerLoop[_LoopClient] = PerLoop(self._new_loop_client)
         self._stop = threading.Event()
         self._jobs: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -118,6 +131,11 @@ class RedisLeases:
 
     def lease_key(self, key: str) -> str:
         return f"{self._tier.prefix}lease:{key}"
+
+    def _new_loop_client(self) -> _LoopClient:
+        return _LoopClient(
+            self._tier._new_async_client(), asyncio.Lock() if self._tier.cluster else None
+        )
 
     # -- the flows (driven by lookup and alookup alike) ---------------------------------
 
@@ -191,12 +209,16 @@ class RedisLeases:
             heard.set(NOTIFIED)
 
     # -- the lease: sync and async ------------------------------------------------------
+    #
+    # Lease traffic reads the tier's circuit breakers (a server known to be down is
+    # not asked) but never moves them: the tier's own read that precedes every
+    # lease keeps them accurate, and a failure of lease traffic alone must not shut
+    # the cache's reads and writes out.
 
     def acquire(self, key: str, token: str) -> bool:
         self._start()
         rkey = self.lease_key(key)
-        with self._tier._guard(self._tier._node(rkey), "lease"):
-            return bool(self._tier._client().set(rkey, token, nx=True, px=self._px))
+        return bool(self._execute(rkey, "lease", "set", rkey, token, nx=True, px=self._px))
 
     async def aacquire(self, key: str, token: str) -> bool:
         self._start()
@@ -205,24 +227,38 @@ class RedisLeases:
 
     def finish(self, key: str, token: str) -> None:
         rkey = self.lease_key(key)
-        with self._tier._guard(self._tier._node(rkey), "lease release"):
-            self._tier._client().eval(_FINISH, 1, rkey, token, self.channel, key)
+        self._execute(rkey, "lease release", "eval", _FINISH, 1, rkey, token, self.channel, key)
 
     async def afinish(self, key: str, token: str) -> None:
         rkey = self.lease_key(key)
         await self._aexecute(rkey, "lease release", "eval", _FINISH, 1, rkey, token,
                              self.channel, key)  # fmt: skip
 
-    async def _aexecute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
-        breaker = self._tier._breaker(self._tier._node(rkey))
-        breaker.check()  # a server known to be down costs nothing
+    def _refuse_if_down(self, rkey: str) -> None:
+        if self._tier._breaker(self._tier._node(rkey)).state == "open":
+            raise TierError(f"{self._tier.name}: circuit breaker open, no lease asked")
+
+    def _execute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
+        self._refuse_if_down(rkey)
         try:
-            client = await self._async_clients.get()
-            reply = await getattr(client, command)(*args, **kwargs)
+            return getattr(self._tier._client(), command)(*args, **kwargs)
         except Exception as exc:
-            raise self._tier._failed(breaker, what, exc) from exc
-        breaker.success()
-        return reply
+            raise TierError(f"{self._tier.name}: {what} failed ({exc!r})") from exc
+
+    async def _aexecute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
+        self._refuse_if_down(rkey)
+        try:
+            loop_client = await self._async_clients.get()
+            client, lock = loop_client.client, loop_client.lock
+            if lock is None:
+                return await getattr(client, command)(*args, **kwargs)
+            # redis-py's async cluster client loses connections under concurrent
+            # direct commands on a fresh client (one failure re-maps the cluster and
+            # closes the others' connections): one lease command at a time per loop.
+            async with lock:
+                return await getattr(client, command)(*args, **kwargs)
+        except Exception as exc:
+            raise TierError(f"{self._tier.name}: {what} failed ({exc!r})") from exc
 
     def release_later(self, key: str, token: str) -> None:
         """Finish from the keeper thread (for callers that must not block, e.g. in a loop)."""
@@ -272,16 +308,15 @@ class RedisLeases:
     def _renew(self, held: list[tuple[str, str]]) -> None:
         if not held:
             return
-        client = self._tier._client()
-        with self._tier._guard(self._tier._seed, "lease renewal"):
-            if self._tier.cluster:
-                for key, token in held:
-                    client.eval(_RENEW, 1, self.lease_key(key), token, self._px)
-            else:
-                pipe = client.pipeline(transaction=False)
-                for key, token in held:
-                    pipe.eval(_RENEW, 1, self.lease_key(key), token, self._px)
-                pipe.execute()
+        client = self._tier._client()  # failures are logged by the keeper; no breaker moves
+        if self._tier.cluster:
+            for key, token in held:
+                client.eval(_RENEW, 1, self.lease_key(key), token, self._px)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for key, token in held:
+                pipe.eval(_RENEW, 1, self.lease_key(key), token, self._px)
+            pipe.execute()
 
     def _listen(self) -> None:
         backoff = 0.05
