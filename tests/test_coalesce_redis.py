@@ -6,6 +6,7 @@ simulator, which counts the upstream requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -291,3 +292,23 @@ def test_asking_again_for_a_key_it_leads_never_waits_on_its_own_lease(
     with redis.Redis.from_url(url) as client:
         assert not list(client.scan_iter(match=f"{prefix}lease:*"))
     cache.close()
+
+
+@pytest.mark.cluster
+async def test_concurrent_leases_on_a_fresh_cluster_leave_the_breakers_closed(
+    redis_cluster: RedisClusterServers, key_prefix: str
+) -> None:
+    tier = RedisTier(redis_cluster.url, cluster=True, prefix=key_prefix)
+    cache = TieredCache(l1=None, l2=tier, namespace="fresh")
+    answer = [ChatGeneration(message=AIMessage("stored"))]
+    try:
+        misses = await asyncio.gather(*(cache.alookup(f"p{i}", "llm") for i in range(30)))
+        assert misses == [None] * 30  # thirty leaders, thirty leases at once
+        await asyncio.gather(*(cache.aupdate(f"p{i}", "llm", answer) for i in range(30)))
+        hits = await asyncio.gather(*(cache.alookup(f"p{i}", "llm") for i in range(30)))
+        assert all(hit is not None for hit in hits)
+        assert cache.stats().tiers["redis"].errors == 0
+        assert {breaker.state for breaker in tier.breakers.values()} == {"closed"}
+    finally:
+        await cache.aclose()
+        purge_prefix(redis_cluster.url, key_prefix, cluster=True)
