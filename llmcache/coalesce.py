@@ -315,6 +315,8 @@ class Coalescer:
 
     def attach(self, layers: Layers) -> None:
         self.index = layers.attach(self)
+        if self.remote is not None:
+            self.remote.attach(layers)
 
     def bound(self, prompt: str, llm_string: str) -> float:
         """How long a follower of this call may wait (0: do not coalesce it)."""

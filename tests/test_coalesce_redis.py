@@ -286,6 +286,7 @@ def test_asking_again_for_a_key_it_leads_never_waits_on_its_own_lease(
     cache = TieredCache(l1=None, l2=RedisTier(url, prefix=prefix), coalesce_wait=30)
     start = time.perf_counter()
     assert cache.lookup("q", "llm") is None  # leads, and takes the lease
+    assert cache.stats().tiers["redis"].misses == 1  # the lease's own check is not counted
     assert cache.lookup("q", "llm") is None  # a retry: this process holds the lease already
     assert time.perf_counter() - start < 0.2
     cache.update("q", "llm", [ChatGeneration(message=AIMessage("at last"))])

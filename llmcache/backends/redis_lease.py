@@ -41,7 +41,7 @@ from llmcache.coalesce import COALESCED, NOTIFIED, Flight, Outcome, Wait
 from llmcache.errors import TierError
 from llmcache.serialization import Record
 from llmcache.stats import Counters
-from llmcache.tiers import Flow, Hit
+from llmcache.tiers import Flow, Get, Hit, Layers
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
@@ -120,6 +120,7 @@ class RedisLeases:
         self.tick: Callable[[], list[tuple[str, str]]] | None = None
         self.connected = False  # whether the subscriber is listening (tests, tools)
         self.counters = Counters("coalesce:redis")
+        self.tier_index = -1  # set by attach
         self._px = max(1, math.ceil(lease * 1000))
         self._lock = threading.Lock()
         self._interest: dict[str, set[Outcome]] = {}
@@ -131,6 +132,10 @@ class RedisLeases:
 
     def lease_key(self, key: str) -> str:
         return f"{self._tier.prefix}lease:{key}"
+
+    def attach(self, layers: Layers) -> None:
+        """Learn the index the layers address this tier by (for uncounted reads)."""
+        self.tier_index = layers.tiers.index(self._tier)
 
     def _new_loop_client(self) -> _LoopClient:
         return _LoopClient(
@@ -169,8 +174,11 @@ class RedisLeases:
                 self.forget(key, heard)
             if acquired:
                 flight.token = token
-            # Either another process finished (or let go), or one finished just
-            # before this process took the lease: read what is there now.
+                # Did one finish between this process's read and its lease? A plain
+                # GET says, uncounted: the lookup's miss is already in the stats.
+                if (yield Get(self.tier_index, key)) is None:
+                    return None  # this process leads: call the model
+            # Another process finished (or let go), or just did: read what is there.
             hit, _ = yield from reread()
             if hit is not None:
                 coalescer.resolve(key, hit.record)
@@ -179,7 +187,7 @@ class RedisLeases:
                 coalescer.counters.add("coalesced")
                 return Hit(hit.record, hit.tier, parsed=False)
             if acquired:
-                return None  # this process leads: call the model
+                return None  # there, but stale or unreadable: this process leads
 
     def finish_flow(self, index: int, key: str, token: str) -> Flow[None]:
         yield Finish(index, self, key, token)
