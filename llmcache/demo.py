@@ -84,6 +84,7 @@ class PhaseResult:
     disk: TierFigures | None
     tokens_saved: int
     cache_misses: int | None  # lookups no tier could answer; None without a cache
+    coalesced: int | None  # lookups answered by waiting for the identical call in flight
     speedup: float = 1.0
 
 
@@ -194,10 +195,13 @@ def _phase(
     else:  # the real API: every call goes up uncached, every cache miss goes up cached
         calls = len(menu) if cache is None else cache.stats().misses
     if cache is None:
-        return PhaseResult(label, wall, calls, failed, None, None, 0, None)
+        return PhaseResult(label, wall, calls, failed, None, None, 0, None, None)
     stats = cache.stats()
     memory, disk = _figures(cache, "memory"), _figures(cache, "disk")
-    return PhaseResult(label, wall, calls, failed, memory, disk, stats.tokens_saved, stats.misses)
+    coalesced = stats.extra.get("coalesced", 0)
+    return PhaseResult(
+        label, wall, calls, failed, memory, disk, stats.tokens_saved, stats.misses, coalesced
+    )
 
 
 def _run_phases(
@@ -265,11 +269,13 @@ def run(args: argparse.Namespace) -> int:
         f" (namespace {_NAMESPACE!r})\n\n{format_table(results)}\n"
     )
     cold, repeats = results[1], len(menu) - args.distinct
-    missed = (cold.cache_misses or 0) - args.distinct
+    coalesced = cold.coalesced or 0
+    l1_hits = cold.memory.hits if cold.memory else 0
     print(
-        f"cold: of the {repeats} items that repeat a dish, {repeats - missed} hit L1 because the"
-        f" dish's first call had finished; {missed} missed because it was still in flight"
-        " (identical in-flight requests are not coalesced yet)."
+        f"cold: of the {repeats} items that repeat a dish, {l1_hits} hit L1 (their dish's"
+        f" first call had finished) and {coalesced} waited for the identical call still in"
+        f" flight instead of making their own; {cold.upstream_calls} upstream calls for"
+        f" {args.distinct} distinct dishes."
     )
     if args.json:
         settings = {key: vars(args)[key] for key in ("distinct", "concurrency", "seed", "model")}
@@ -291,7 +297,10 @@ def _rate(figures: TierFigures | None) -> str:
 
 def format_table(results: list[PhaseResult]) -> str:
     """The phases as an aligned text table, one row each."""
-    rows = [("phase", "wall s", "upstream", "memory hits", "disk hits", "tokens saved", "speedup")]
+    rows = [
+        ("phase", "wall s", "upstream", "memory hits", "disk hits", "coalesced", "tokens saved",
+         "speedup")
+    ]  # fmt: skip
     rows += [
         (
             r.phase,
@@ -299,6 +308,7 @@ def format_table(results: list[PhaseResult]) -> str:
             f"{r.upstream_calls}" + (f" ({r.failed} failed)" if r.failed else ""),
             _rate(r.memory),
             _rate(r.disk),
+            "-" if r.coalesced is None else f"{r.coalesced}",
             f"{r.tokens_saved:,}",
             f"{r.speedup:.1f}x",
         )
