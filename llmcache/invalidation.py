@@ -214,6 +214,14 @@ class DiskVersions(_LocalOnly):
         return epoch
 
     def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
+        # The hit path: nothing bumped since we last looked, and every name is
+        # known. Reads only, so no lock (the slow path below rebuilds under it).
+        if self._map is not None and self._pid == os.getpid():
+            local = self._local
+            if struct.unpack_from("<Q", self._map)[0] == self._epoch:
+                cached = {name: local.get((namespace, name), -1) for name in names}
+                if -1 not in cached.values():
+                    return cached
         with self._lock:
             db, epoch_map = self._open()
             epoch = struct.unpack_from("<Q", epoch_map)[0]

@@ -278,8 +278,11 @@ class TieredCache(BaseCache):
             template = derived.get("generations")
             if template is None:
                 try:
-                    template = compile_template(hit.record.payload, owned=hit.parsed)
-                    derived["generations"] = template
+                    template = compile_template(
+                        hit.record.payload, owned=hit.parsed, reusable=hit.retained
+                    )
+                    if hit.retained:
+                        derived["generations"] = template
                 except SerializationError as exc:
                     self._counters.failure("errors", "decode generations", exc)
             if template is not None:

@@ -173,6 +173,9 @@ class Hit:
     #: True when the record was parsed from stored bytes in this lookup, so
     #: nobody else holds its payload yet; False for an in-process record.
     parsed: bool
+    #: True when the record lives on in this process (an in-process tier, or a
+    #: hand-over to coalesced followers) and may be built from again.
+    retained: bool = True
 
 
 class Layers:
@@ -314,7 +317,8 @@ class Layers:
                 for upper in range(index):
                     yield Put(upper, key, promoted, ttl)
                     self._counters[upper].add("writes")
-            return Hit(record, self.tiers[index].name, parsed), snapshot
+            retained = not parsed or index > 0  # kept in memory, or promoted there
+            return Hit(record, self.tiers[index].name, parsed, retained), snapshot
         return None, snapshot
 
     def _current(

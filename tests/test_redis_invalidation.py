@@ -189,3 +189,26 @@ def test_gc_on_redis_removes_only_stale_entries(shared: tuple[str, str]) -> None
     assert cache.gc() == {"redis": {"expired": 0, "stale": 30, "corrupt": 0, "kept": 1}}
     assert cache.tiers[0].keys("menus") == [cache._keys.key("menus", "plain", "llm")]  # type: ignore[attr-defined]
     cache.close()
+
+
+@pytest.mark.cluster
+async def test_invalidation_on_a_cluster(redis_cluster: Any, key_prefix: str) -> None:
+    url = redis_cluster.url
+    writer = TieredCache(l2=RedisTier(url, cluster=True, prefix=key_prefix))
+    reader = TieredCache(l2=RedisTier(url, cluster=True, prefix=key_prefix))
+    try:
+        # Dependencies whose counters hash to different slots (and masters).
+        with depends_on("doc:1", "doc:2", "doc:3", "kb:menus"):
+            writer.update("q", "llm", _answer("a"))
+        assert reader.lookup("q", "llm") is not None
+        assert await reader.alookup("q", "llm") is not None
+        versions = reader._layers.versions
+        assert isinstance(versions, RedisVersions)
+        _wait_until(lambda: versions.connected)
+        await writer.ainvalidate("doc:3")
+        _wait_until(lambda: reader.lookup("q", "llm") is None, timeout=2.0)
+        assert await writer.alookup("q", "llm") is None
+    finally:
+        writer.close()
+        reader.close()
+        purge_prefix(url, key_prefix, cluster=True)

@@ -2,11 +2,11 @@
 
 Each (namespace, name) has a counter key ``<prefix>v:<namespace>:<name>`` (its
 own slot on a cluster, so INCR is always single-key). ``bump`` increments the
-counters and publishes the new versions on ``<prefix>versions`` in the same
-round trip.
+counters and publishes their names on ``<prefix>versions`` in the same round
+trip (a pipeline; on a cluster, one INCR per slot and then the PUBLISH).
 
 Every store keeps a local copy of the versions it has read, and a listener
-thread applies the published bumps to it, so a lookup that checks
+thread drops the names published by every bump from it, so a lookup that checks
 dependencies costs a dictionary read, not a round trip. The copy is trusted
 only while the listener is connected:
 
@@ -166,22 +166,23 @@ class RedisVersions:
 
     # -- bumps ------------------------------------------------------------------
 
-    def _message(self, namespace: str, versions: dict[str, int]) -> str:
-        return json.dumps({"ns": namespace, "v": versions}, separators=(",", ":"))
+    def _message(self, namespace: str, names: list[str]) -> str:
+        # Names only, no versions: the message can then ride in the same
+        # pipeline as the INCRs, and a receiver simply forgets its copies.
+        return json.dumps({"ns": namespace, "names": names}, separators=(",", ":"))
 
     def bump(self, namespace: str, names: Collection[str]) -> None:
         ordered = list(names)
         client = self._tier._client()
         if self._tier.cluster:  # one key per slot: INCR each, then publish
-            new = [client.incr(self._key(namespace, name)) for name in ordered]
-            client.publish(self.channel, self._message(namespace, dict(zip(ordered, new))))
-        else:
+            new = [int(client.incr(self._key(namespace, name))) for name in ordered]
+            client.publish(self.channel, self._message(namespace, ordered))
+        else:  # one round trip
             pipe = client.pipeline(transaction=False)
             for name in ordered:
                 pipe.incr(self._key(namespace, name))
-            replies = pipe.execute()
-            new = [int(value) for value in replies]
-            client.publish(self.channel, self._message(namespace, dict(zip(ordered, new))))
+            pipe.publish(self.channel, self._message(namespace, ordered))
+            new = [int(value) for value in pipe.execute()[:-1]]
         self._apply(namespace, dict(zip(ordered, new)))
 
     async def abump(self, namespace: str, names: Collection[str]) -> None:
@@ -189,21 +190,30 @@ class RedisVersions:
         client = (await self._loops.get()).client
         if self._tier.cluster:
             new = [int(await client.incr(self._key(namespace, name))) for name in ordered]
+            await client.publish(self.channel, self._message(namespace, ordered))
         else:
             pipe = client.pipeline(transaction=False)
             for name in ordered:
                 pipe.incr(self._key(namespace, name))
-            new = [int(value) for value in await pipe.execute()]
-        await client.publish(self.channel, self._message(namespace, dict(zip(ordered, new))))
+            pipe.publish(self.channel, self._message(namespace, ordered))
+            new = [int(value) for value in (await pipe.execute())[:-1]]
         self._apply(namespace, dict(zip(ordered, new)))
 
     def _apply(self, namespace: str, versions: dict[str, int]) -> None:
+        """Our own bump: we know the new versions."""
         with self._lock:
-            self._generation += 1
             for name, version in versions.items():
                 key = (namespace, name)
                 if key in self._local:
                     self._local[key] = max(self._local[key], version)
+            self._generation += 1  # after the versions: see VersionStore.generation
+
+    def _forget(self, namespace: str, names: list[str]) -> None:
+        """Another store's bump: drop our copies; the next read fetches them."""
+        with self._lock:
+            for name in names:
+                self._local.pop((namespace, name), None)
+            self._generation += 1
 
     # -- the listener -------------------------------------------------------------
 
@@ -256,10 +266,7 @@ class RedisVersions:
                         pinged_at = None
                     elif kind == "message":
                         document = json.loads(message["data"])
-                        self._apply(
-                            str(document["ns"]),
-                            {str(name): int(version) for name, version in document["v"].items()},
-                        )
+                        self._forget(str(document["ns"]), [str(n) for n in document["names"]])
                 if pinged_at is not None and now - pinged_at > self.ping_interval:
                     raise ConnectionError("no PONG from the version channel: assuming it is gone")
                 if pinged_at is None and now - last_ping >= self.ping_interval:
