@@ -12,8 +12,8 @@ rounds of the two round medians' ratio, so drift on the machine cancels
 (goal: under 1 ms with 100,000 dependent entries), next to the same call for a
 dependency nothing depends on, to show it does not grow with N.
 
-    python benchmarks/invalidation.py            # full: 100,000 dependent entries
-    python benchmarks/invalidation.py --quick    # CI smoke run (2,000 entries)
+    python benchmarks/overhead_dependencies.py            # full: 100,000 dependent entries
+    python benchmarks/overhead_dependencies.py --quick    # CI smoke run (2,000 entries)
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     text = markdown(report)
     print(text)
-    stem = "invalidation-quick" if args.quick else "invalidation"
+    stem = "overhead_dependencies-quick" if args.quick else "overhead_dependencies"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(text)

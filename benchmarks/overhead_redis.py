@@ -20,9 +20,9 @@ divided by the wall time of the rounds. Every timed call must be a hit: the
 run aborts if the simulator sees a request while timing. RedisTier runs with
 L1 off, so every hit is a Redis round trip.
 
-    PYTHONPATH=. python benchmarks/redis_overhead.py          # full: results/redis_overhead.*
-    PYTHONPATH=. python benchmarks/redis_overhead.py --quick  # CI: results/redis_overhead-quick.*
-    PYTHONPATH=. python benchmarks/redis_overhead.py --url redis://127.0.0.1:6379/15
+    python benchmarks/overhead_redis.py          # full: results/overhead_redis.*
+    python benchmarks/overhead_redis.py --quick  # CI: results/overhead_redis-quick.*
+    python benchmarks/overhead_redis.py --url redis://127.0.0.1:6379/15
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def markdown(report: dict[str, Any]) -> str:
     for goal in report["goals"]:
         met = {True: "yes", False: "no", None: "(context)"}[goal["met"]]
         lines.append(f"| {goal['goal']} | {goal['measured']} | {goal['target']} | {met} |")
-    lines += ["", "Method: see the docstring of `benchmarks/redis_overhead.py`."]
+    lines += ["", "Method: see the docstring of `benchmarks/overhead_redis.py`."]
     return "\n".join(lines) + "\n"
 
 
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     report["goals"] = goals(report["results"])
     text = markdown(report)
     print(text)
-    stem = "redis_overhead-quick" if args.quick else "redis_overhead"
+    stem = "overhead_redis-quick" if args.quick else "overhead_redis"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(text)
