@@ -46,6 +46,7 @@ from typing import Any
 
 import diskcache
 import orjson
+from _results import write_results
 from langchain_core.caches import BaseCache, InMemoryCache
 from langchain_core.load import dumps
 from langchain_core.messages import HumanMessage
@@ -334,11 +335,7 @@ def _local(args: argparse.Namespace) -> None:
     }
     report["goals"] = goals(contenders)
     text = markdown(report)
-    print(text)
-    stem = "overhead-quick" if args.quick else "overhead"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_results(args.out, "overhead", quick=args.quick, report=report, text=text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import platform
 import random
 import statistics
@@ -34,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from _results import write_results
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
@@ -243,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "invalidation": invalidation(url, entries, repeats),
         }
     text = markdown(report)
-    print(text)
-    stem = "overhead_dependencies-quick" if args.quick else "overhead_dependencies"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_results(args.out, "overhead_dependencies", quick=args.quick, report=report, text=text)
     return 0
 
 

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import platform
 import random
@@ -48,6 +47,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from _results import write_results
 from langchain_core.caches import BaseCache, InMemoryCache
 from langchain_core.load import dumps
 from langchain_core.messages import HumanMessage
@@ -375,11 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["goals"] = goals(report["results"])
     text = markdown(report)
-    print(text)
-    stem = "overhead_redis-quick" if args.quick else "overhead_redis"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_results(args.out, "overhead_redis", quick=args.quick, report=report, text=text)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import statistics
@@ -37,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from _results import write_results
 from langchain_core.caches import BaseCache, InMemoryCache
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
@@ -209,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": measured["samples"],
     }
     text = markdown(report)
-    print(text)
-    stem = "stampede-quick" if args.quick else "stampede"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(text)
+    write_results(args.out, "stampede", quick=args.quick, report=report, text=text)
     return 0
 
 

@@ -295,6 +295,22 @@ def test_asking_again_for_a_key_it_leads_never_waits_on_its_own_lease(
     cache.close()
 
 
+def test_closing_a_cache_that_still_leads_releases_every_lease(
+    shared: tuple[str, str],
+) -> None:
+    url, prefix = shared
+    cache = TieredCache(l1=None, l2=RedisTier(url, prefix=prefix))
+    keys = [f"q{n}" for n in range(5)]
+    for key in keys:
+        assert cache.lookup(key, "llm") is None  # leads each, with a lease in Redis
+    with redis.Redis.from_url(url) as client:
+        assert len(list(client.scan_iter(match=f"{prefix}lease:*"))) == len(keys)
+        cache.close()  # five leaders that will never update
+        # Every release was queued before the keeper's stop: none may be dropped,
+        # or another process would wait out the lease for each key left.
+        assert not list(client.scan_iter(match=f"{prefix}lease:*"))
+
+
 @pytest.mark.cluster
 async def test_concurrent_leases_on_a_fresh_cluster_leave_the_breakers_closed(
     redis_cluster: RedisClusterServers, key_prefix: str

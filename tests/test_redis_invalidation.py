@@ -98,7 +98,9 @@ READER = textwrap.dedent(
     """
     import sys, time
     from llmcache import RedisTier, TieredCache
-    cache = TieredCache(l2=RedisTier(sys.argv[1], prefix=sys.argv[2]))
+    # No coalescing: the figure is how soon the stale entry stops being served,
+    # not what the miss after it costs (with coalescing it takes a lease first).
+    cache = TieredCache(l2=RedisTier(sys.argv[1], prefix=sys.argv[2]), coalesce=False)
     assert cache.lookup("q", "llm") is not None          # in this process's L1 now
     versions = cache._layers.versions
     while not versions.connected:

@@ -296,7 +296,9 @@ class RedisLeases:
         """Run queued releases at once; extend live leases every ``lease / 3`` seconds."""
         every = self.lease / 3
         due = time.monotonic() + every
-        while not self._stop.is_set():
+        # Until the _STOP job, not the stop flag: close() queues the releases
+        # of whatever it still leads before _STOP, and each must reach Redis.
+        while True:
             try:
                 wait = max(0.0, due - time.monotonic())
                 job: tuple[str, str] | None = self._jobs.get(timeout=wait)
