@@ -39,10 +39,13 @@ in Redis, or waits for the process that holds it: ``backends/redis_lease.py``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import os
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -312,6 +315,11 @@ class Coalescer:
         self._sweep_at = 64
         if remote is not None:
             remote.tick = self._renewals
+            # A process that ends while it leads keys (a lookup never followed
+            # by its update) releases their leases on the way out, instead of
+            # making other processes wait them out. Not in a forked child: the
+            # flights it inherited are its parent's.
+            atexit.register(_close_at_exit, weakref.ref(self), os.getpid())
 
     def attach(self, layers: Layers) -> None:
         self.index = layers.attach(self)
@@ -496,6 +504,12 @@ class Coalescer:
         if self.remote is not None:
             await self.remote.aclose()
         self.close()
+
+
+def _close_at_exit(ref: weakref.ref[Coalescer], pid: int) -> None:
+    coalescer = ref()
+    if coalescer is not None and os.getpid() == pid:
+        coalescer.close()
 
 
 def remote_leases(tiers: Sequence[Tier], lease: float) -> RedisLeases | None:

@@ -311,6 +311,18 @@ def test_closing_a_cache_that_still_leads_releases_every_lease(
         assert not list(client.scan_iter(match=f"{prefix}lease:*"))
 
 
+def test_a_process_that_ends_while_leading_releases_its_lease(shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    script = (
+        "import sys; from llmcache import RedisTier, TieredCache\n"
+        "cache = TieredCache(l1=None, l2=RedisTier(sys.argv[1], prefix=sys.argv[2]))\n"
+        "assert cache.lookup('q', 'llm') is None\n"  # leads, and never updates
+    )
+    subprocess.run([sys.executable, "-c", script, url, prefix], check=True, timeout=60, cwd=ROOT)
+    with redis.Redis.from_url(url) as client:
+        assert not list(client.scan_iter(match=f"{prefix}lease:*"))
+
+
 @pytest.mark.cluster
 async def test_concurrent_leases_on_a_fresh_cluster_leave_the_breakers_closed(
     redis_cluster: RedisClusterServers, key_prefix: str
