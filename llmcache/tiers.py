@@ -39,6 +39,7 @@ __all__ = [
     "Flow",
     "Get",
     "Hit",
+    "InlineAsync",
     "Layers",
     "Put",
     "ReadVersions",
@@ -68,6 +69,45 @@ class Tier(Protocol):
     async def adelete(self, key: str) -> None: ...
     async def aclear(self, namespace: str) -> None: ...
     async def aclose(self) -> None: ...
+
+
+class InlineAsync:
+    """The async half of the Tier interface for a tier whose work is local and fast.
+
+    Each async method runs its sync twin inline: a memory operation or a
+    SQLite read of a few KB takes microseconds, far less than a hop to a
+    thread pool and back. A tier whose calls wait on a network must not use it.
+    """
+
+    def get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def clear(self, namespace: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def aget(self, key: str) -> bytes | None:
+        return self.get(key)
+
+    async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.set(key, value, ttl)
+
+    async def adelete(self, key: str) -> None:
+        self.delete(key)
+
+    async def aclear(self, namespace: str) -> None:
+        self.clear(namespace)
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 # The operations a flow can ask for. Each knows how to run itself both ways.

@@ -15,6 +15,7 @@ from langchain_core.outputs import ChatGeneration, Generation
 
 from llmcache import ConfigurationError, DiskTier, LLMCacheError, MemoryTier, TieredCache
 from llmcache.keys import cache_key
+from llmcache.tiers import InlineAsync
 from tests.conftest import FakeClock
 
 ANSWER = [
@@ -32,7 +33,7 @@ def _content(value: Any) -> str:
     return str(value[0].message.content)
 
 
-class BrokenTier:
+class BrokenTier(InlineAsync):
     """A tier whose backend is down: every operation raises."""
 
     name = "broken"
@@ -50,21 +51,6 @@ class BrokenTier:
         raise ConnectionError("backend down")
 
     def close(self) -> None:
-        pass
-
-    async def aget(self, key: str) -> bytes | None:
-        return self.get(key)
-
-    async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self.set(key, value, ttl)
-
-    async def adelete(self, key: str) -> None:
-        self.delete(key)
-
-    async def aclear(self, namespace: str) -> None:
-        self.clear(namespace)
-
-    async def aclose(self) -> None:
         pass
 
 

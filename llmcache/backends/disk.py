@@ -22,6 +22,7 @@ import diskcache
 
 from llmcache.errors import ConfigurationError
 from llmcache.keys import namespace_prefix
+from llmcache.tiers import InlineAsync
 
 __all__ = ["DiskTier"]
 
@@ -57,7 +58,7 @@ class _BytesOnlyDisk(diskcache.Disk):  # type: ignore[misc]
         return _NOT_OURS  # text or pickle: not something we wrote
 
 
-class DiskTier:
+class DiskTier(InlineAsync):
     """A persistent L2 in a directory.
 
     ``size_limit`` bounds the directory (diskcache culls the least recently
@@ -152,20 +153,3 @@ class DiskTier:
             if self._cache is not None:
                 self._cache.close()
                 self._cache = None
-
-    async def aget(self, key: str) -> bytes | None:
-        # SQLite reads of a few KB take tens of microseconds: cheaper inline
-        # than a hop to a thread pool and back.
-        return self.get(key)
-
-    async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self.set(key, value, ttl)
-
-    async def adelete(self, key: str) -> None:
-        self.delete(key)
-
-    async def aclear(self, namespace: str) -> None:
-        self.clear(namespace)
-
-    async def aclose(self) -> None:
-        self.close()

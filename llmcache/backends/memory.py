@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from llmcache.errors import ConfigurationError
 from llmcache.keys import namespace_prefix
+from llmcache.tiers import InlineAsync
 
 __all__ = ["MemoryTier"]
 
@@ -17,7 +18,7 @@ __all__ = ["MemoryTier"]
 _ENTRY_OVERHEAD = 160
 
 
-class MemoryTier:
+class MemoryTier(InlineAsync):
     """An LRU of bytes with per-entry TTL.
 
     Re-writing a key that is already present replaces it in place: at
@@ -102,21 +103,6 @@ class MemoryTier:
     def _remove(self, key: str) -> None:
         value, _ = self._entries.pop(key)
         self._bytes -= _cost(key, value)
-
-    async def aget(self, key: str) -> bytes | None:
-        return self.get(key)
-
-    async def aset(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self.set(key, value, ttl)
-
-    async def adelete(self, key: str) -> None:
-        self.delete(key)
-
-    async def aclear(self, namespace: str) -> None:
-        self.clear(namespace)
-
-    async def aclose(self) -> None:
-        self.close()
 
 
 def _cost(key: str, value: bytes) -> int:
