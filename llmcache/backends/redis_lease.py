@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
+from llmcache.backends.redis_subscriber import subscribe_until
 from llmcache.coalesce import COALESCED, NOTIFIED, Flight, Outcome, Wait
 from llmcache.errors import TierError
 from llmcache.serialization import Record
@@ -329,33 +330,22 @@ class RedisLeases:
             pipe.execute()
 
     def _listen(self) -> None:
-        backoff = 0.05
-        while not self._stop.is_set():
-            client = None
-            try:
-                client = self._tier._new_sync_client()
-                pubsub = client.pubsub()
-                pubsub.subscribe(self.channel)
-                try:
-                    while not self._stop.is_set():
-                        message = pubsub.get_message(timeout=self.fallback)
-                        if message is None:
-                            continue
-                        if message.get("type") == "subscribe":
-                            self.connected, backoff = True, 0.05
-                        elif message.get("type") == "message":
-                            data = message["data"]
-                            self._notify(data.decode() if isinstance(data, bytes) else str(data))
-                finally:
-                    self.connected = False
-                    pubsub.close()
-            except Exception:
-                # Followers read the tiers every ``fallback`` seconds meanwhile.
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            finally:
-                if client is not None:
-                    client.close()
+        # While it is down, followers read the tiers every ``fallback`` seconds.
+        subscribe_until(self._tier, self.channel, self._stop, self._serve)
+
+    def _serve(self, pubsub: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=self.fallback)
+                if message is None:
+                    continue
+                if message.get("type") == "subscribe":
+                    self.connected = True
+                elif message.get("type") == "message":
+                    data = message["data"]
+                    self._notify(data.decode() if isinstance(data, bytes) else str(data))
+        finally:
+            self.connected = False
 
     def close(self) -> None:
         """Stop both threads; wait only for the keeper (its queue wakes it at once).

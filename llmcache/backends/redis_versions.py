@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
+from llmcache.backends.redis_subscriber import subscribe_until
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
@@ -233,22 +234,7 @@ class RedisVersions:
             self._generation += 1
 
     def _listen(self) -> None:
-        backoff = 0.05
-        while not self._stop.is_set():
-            client = None
-            try:
-                client = self._tier._new_sync_client()
-                pubsub = client.pubsub()
-                pubsub.subscribe(self.channel)
-                self._serve(pubsub)
-                backoff = 0.05
-            except Exception:
-                self._set_connected(False)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            finally:
-                if client is not None:
-                    client.close()
+        subscribe_until(self._tier, self.channel, self._stop, self._serve)
 
     def _serve(self, pubsub: Any) -> None:
         """Apply messages until the connection fails or goes quiet past a ping."""
@@ -274,7 +260,6 @@ class RedisVersions:
                     pinged_at = last_ping = now
         finally:
             self._set_connected(False)
-            pubsub.close()
 
     def close(self) -> None:
         self._stop.set()
