@@ -1,10 +1,15 @@
-"""Shared fixtures: an injected clock, a private cache directory, the simulator."""
+"""Shared fixtures: an injected clock, a private cache directory, ChatOpenAI on a simulator."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_openai import ChatOpenAI
+
+from llmcache.simulator import Simulator
 
 
 class FakeClock:
@@ -33,3 +38,18 @@ def default_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("LLMCACHE_SECRET", raising=False)
     monkeypatch.delenv("LLMCACHE_SECRET_ID", raising=False)
     return directory
+
+
+ChatFactory = Callable[..., ChatOpenAI]
+
+
+@pytest.fixture
+def chat(sim: Simulator) -> ChatFactory:
+    """ChatOpenAI models on the test module's own ``sim`` fixture (its latency), no retries."""
+
+    def make(cache: Any, **kwargs: Any) -> ChatOpenAI:
+        params: dict[str, Any] = {"model": "gpt-4o-mini", "temperature": 0, "max_retries": 0}
+        params.update(kwargs)
+        return ChatOpenAI(base_url=sim.base_url, api_key="sim", cache=cache, **params)
+
+    return make

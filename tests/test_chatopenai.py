@@ -9,7 +9,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from llmcache import DiskTier, TieredCache
 from llmcache.simulator import Simulator, SimulatorConfig
+from tests.conftest import ChatFactory
 
 
 @pytest.fixture
@@ -29,19 +30,6 @@ def sim() -> Iterator[Simulator]:
     # base URL across event loops, and each test has its own loop.
     with Simulator(SimulatorConfig(latency_ms=5)) as simulator:
         yield simulator
-
-
-ChatFactory = Callable[..., ChatOpenAI]
-
-
-@pytest.fixture
-def chat(sim: Simulator) -> ChatFactory:
-    def make(cache: Any, **kwargs: Any) -> ChatOpenAI:
-        params: dict[str, Any] = {"model": "gpt-4o-mini", "temperature": 0, "max_retries": 0}
-        params.update(kwargs)
-        return ChatOpenAI(base_url=sim.base_url, api_key="sim", cache=cache, **params)
-
-    return make
 
 
 def test_invoke_hits_are_exact_and_fresh(sim: Simulator, chat: ChatFactory, tmp_path: Path) -> None:

@@ -17,12 +17,11 @@ import openai
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration
-from langchain_openai import ChatOpenAI
 
 from llmcache import MemoryTier, TieredCache, depends_on
 from llmcache.coalesce import RETRY, Coalescer, _Owner
 from llmcache.simulator import Simulator, SimulatorConfig
-from tests.conftest import FakeClock
+from tests.conftest import ChatFactory, FakeClock
 
 LATENCY = 0.3  # seconds the simulator takes per request in the timed tests
 # What LangChain and the machine add to a burst of calls (2 busy cores): generous
@@ -36,19 +35,6 @@ def sim() -> Iterator[Simulator]:
     # base URL across event loops, and each test has its own loop.
     with Simulator(SimulatorConfig(latency_ms=LATENCY * 1000)) as simulator:
         yield simulator
-
-
-ChatFactory = Callable[..., ChatOpenAI]
-
-
-@pytest.fixture
-def chat(sim: Simulator) -> ChatFactory:
-    def make(cache: Any, **kwargs: Any) -> ChatOpenAI:
-        params: dict[str, Any] = {"model": "gpt-4o-mini", "temperature": 0, "max_retries": 0}
-        params.update(kwargs)
-        return ChatOpenAI(base_url=sim.base_url, api_key="sim", cache=cache, **params)
-
-    return make
 
 
 def _answer(text: str) -> list[ChatGeneration]:
