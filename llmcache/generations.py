@@ -100,19 +100,28 @@ def _dump_one(generation: Generation) -> dict[str, Any]:
     return item
 
 
-@dataclass
+@dataclass(slots=True)
 class _Part:
     """One validated generation, kept as JSON so that parsing it is the deep copy."""
 
     generation_cls: type[Generation]
     text: str
-    info_json: bytes | None
+    # ``[generation_info, message fields]`` in one document: one parse per hit.
+    # None: a single-use template, built from ``fresh`` only.
+    state_json: bytes | None
     message_cls: type[BaseMessage] | None
-    message_json: bytes | None  # None: a single-use template, built from ``fresh`` only
+    #: The message's fields once ``id`` and ``type`` are added are all its
+    #: class declares (else ``model_construct`` fills in the defaults).
+    message_complete: bool
     loads: Callable[[bytes], Any] = orjson.loads
     # The decoded dicts themselves, handed to the first build only: a record
     # just read from disk or Redis is used once, and needs no second parse.
     fresh: tuple[Any, Any] | None = None
+
+
+# Guards the one-time hand-off of a part's ``fresh`` dicts: held for two
+# assignments, so one lock for every template costs less than one each.
+_HAND_OFF = threading.Lock()
 
 
 class Template:
@@ -124,11 +133,10 @@ class Template:
     builds objects: mutating what a hit returned never changes the cache.
     """
 
-    __slots__ = ("_lock", "_parts", "tokens")
+    __slots__ = ("_parts", "tokens")
 
     def __init__(self, parts: list[_Part], tokens: int) -> None:
         self._parts = parts
-        self._lock = threading.Lock()
         self.tokens = tokens  #: what the stored response cost upstream (0 when unknown)
 
     def build(self) -> list[Generation]:
@@ -136,23 +144,24 @@ class Template:
         for part in self._parts:
             fresh = None
             if part.fresh is not None:
-                with self._lock:  # two threads must never both take the same dicts
+                with _HAND_OFF:  # two threads must never both take the same dicts
                     fresh, part.fresh = part.fresh, None
             if fresh is not None:
                 info, message_fields = fresh
-            elif part.message_json is None:
+            elif part.state_json is None:
                 raise SerializationError("a single-use template was built twice")
             else:
-                info = None if part.info_json is None else part.loads(part.info_json)
-                message_fields = part.loads(part.message_json) if part.message_cls else None
+                info, message_fields = part.loads(part.state_json)
             fields = {"text": part.text, "generation_info": info}
-            if part.message_cls is not None:
+            message_cls = part.message_cls
+            if message_cls is not None:
                 # Every hit is a new message: LangChain and its tracers key on message ids.
                 message_fields["id"] = _fresh_id()
-                message_fields["type"] = _TYPE_DEFAULTS[part.message_cls]
-                fields["message"] = _build(part.message_cls, message_fields)
-            fields["type"] = _TYPE_DEFAULTS[part.generation_cls]
-            generations.append(_build(part.generation_cls, fields))
+                message_fields["type"] = _TYPE_DEFAULTS[message_cls]
+                fields["message"] = _build(message_cls, message_fields, part.message_complete)
+            cls = part.generation_cls
+            fields["type"] = _TYPE_DEFAULTS[cls]
+            generations.append(_build(cls, fields, _GENERATION_COMPLETE[cls]))
         return generations
 
 
@@ -187,21 +196,23 @@ def _compile_one(item: Any, *, reusable: bool) -> _Part:
     info = item.get("info")
     if cls is None or not isinstance(text, str) or not isinstance(info, (dict, type(None))):
         raise SerializationError(f"not an allowed generation: {item.get('type')!r}")
-    message_cls, fields = (None, None)
+    message_cls, fields, complete = (None, None, False)
     if issubclass(cls, ChatGeneration):
         message_cls, fields = _compile_message(item.get("message"))
+        # The schema check let through only declared fields; with id and type added,
+        # the count tells whether every declared one is there.
+        complete = len(fields.keys() | {"id", "type"}) == len(_FIELDS[message_cls])
     if not reusable:
-        return _Part(cls, text, None, message_cls, None, fresh=(info, fields))
+        return _Part(cls, text, None, message_cls, complete, fresh=(info, fields))
+    state = [info, fields]
     try:
-        info_json = None if info is None else orjson.dumps(info)
-        message_json = orjson.dumps(fields) if message_cls else b""
+        state_json = orjson.dumps(state)
         loads: Callable[[bytes], Any] = orjson.loads
     except orjson.JSONEncodeError:
         # Integers past 64 bits: orjson refuses them, the standard library is exact.
-        info_json = None if info is None else json.dumps(info).encode()
-        message_json = json.dumps(fields).encode() if message_cls else b""
+        state_json = json.dumps(state).encode()
         loads = json.loads
-    return _Part(cls, text, info_json, message_cls, message_json, loads, fresh=(info, fields))
+    return _Part(cls, text, state_json, message_cls, complete, loads, fresh=(info, fields))
 
 
 def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
@@ -225,20 +236,38 @@ def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
     return cls, fields
 
 
-def _build(cls: type[_Model], fields: dict[str, Any]) -> _Model:
-    """Instantiate without re-validating what ``_load_*`` already checked.
+# The slots every pydantic model instance has, set through their descriptors:
+# half the cost of ``object.__setattr__`` by name.
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+_new_instance = object.__new__
+# Generations are built from text, generation_info, type (and message): all their fields?
+_GENERATION_COMPLETE: dict[type[BaseModel], bool] = {
+    cls: _FIELDS[cls]
+    == {"text", "generation_info", "type"}
+    | ({"message"} if issubclass(cls, ChatGeneration) else set())
+    for cls in _GENERATIONS.values()
+}
 
-    The same as ``cls.model_construct(**fields)`` when every field is given,
-    at a third of its cost on the hit path; a payload written before a field
-    existed takes ``model_construct``, which fills in the defaults.
+
+def _build(cls: type[_Model], fields: dict[str, Any], complete: bool) -> _Model:
+    """Instantiate without re-validating what ``_compile_*`` already checked.
+
+    With ``complete`` (``fields`` has every field the class declares), the
+    same as ``cls.model_construct(**fields)`` at a fifth of its cost on the
+    hit path; a payload written before a field existed takes
+    ``model_construct``, which fills in the defaults. These classes have no
+    private attributes and no extra fields.
     """
-    if fields.keys() != _FIELDS[cls]:
+    if not complete:
         return cls.model_construct(**fields)
-    instance = cls.__new__(cls)
-    object.__setattr__(instance, "__dict__", fields)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
+    instance: _Model = _new_instance(cls)
+    _SET_DICT(instance, fields)
+    _SET_FIELDS_SET(instance, set(fields))
+    _SET_EXTRA(instance, None)
+    _SET_PRIVATE(instance, None)
     return instance
 
 

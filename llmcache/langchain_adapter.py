@@ -123,10 +123,12 @@ class TieredCache(BaseCache):
     # -- BaseCache ------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        return self._layers.run(self._lookup_flow(prompt, llm_string))
+        answer, flow = self._lookup(prompt, llm_string)
+        return answer if flow is None else self._layers.run(flow)
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        return await self._layers.arun(self._lookup_flow(prompt, llm_string))
+        answer, flow = self._lookup(prompt, llm_string)
+        return answer if flow is None else await self._layers.arun(flow)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         self._layers.run(self._update_flow(prompt, llm_string, return_val))
@@ -213,12 +215,23 @@ class TieredCache(BaseCache):
 
     # -- shared by the sync and async paths -----------------------------------
 
-    def _lookup_flow(self, prompt: str, llm_string: str) -> Flow[RETURN_VAL_TYPE | None]:
+    def _lookup(
+        self, prompt: str, llm_string: str
+    ) -> tuple[RETURN_VAL_TYPE | None, Flow[RETURN_VAL_TYPE | None] | None]:
+        """The answer when memory alone can give it (no flow), else the flow that looks."""
         key = self._keys.key(self.namespace, prompt, llm_string)
         dependencies = self._dependencies(prompt, llm_string)
         if dependencies is None:
             self._counters.add("misses")
-            return None
+            return None, None
+        hit = self._layers.peek(key, self.namespace)
+        if hit is not None:
+            return self._answer(hit), None
+        return None, self._lookup_flow(key, dependencies, prompt, llm_string)
+
+    def _lookup_flow(
+        self, key: str, dependencies: frozenset[str], prompt: str, llm_string: str
+    ) -> Flow[RETURN_VAL_TYPE | None]:
         coalescer = self._coalescer
         mark = coalescer.completed if coalescer is not None else 0
         hit, snapshot = yield from self._layers.get_flow(key, self.namespace, dependencies)
@@ -286,8 +299,7 @@ class TieredCache(BaseCache):
                 except SerializationError as exc:
                     self._counters.failure("errors", "decode generations", exc)
             if template is not None:
-                self._counters.add("hits")
-                self._counters.add("tokens_saved", template.tokens)
+                self._counters.add_each(("hits", 1), ("tokens_saved", template.tokens))
                 return template.build()
         self._counters.add("misses")
         return None

@@ -96,6 +96,13 @@ class Counters:
         with self._lock:
             self._counts[counter] = self._counts.get(counter, 0) + amount
 
+    def add_each(self, *amounts: tuple[str, int]) -> None:
+        """Several counters under one lock (a hit counts itself and its tokens)."""
+        with self._lock:
+            counts = self._counts
+            for counter, amount in amounts:
+                counts[counter] = counts.get(counter, 0) + amount
+
     def observe(self, seconds: float) -> None:
         self._latencies.append(seconds)  # deque.append is atomic
 

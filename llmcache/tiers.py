@@ -77,7 +77,13 @@ class InlineAsync:
     Each async method runs its sync twin inline: a memory operation or a
     SQLite read of a few KB takes microseconds, far less than a hop to a
     thread pool and back. A tier whose calls wait on a network must not use it.
+    The layers rely on this: they read such a tier with ``get`` on the spot,
+    from the sync and the async path alike, without yielding to a driver.
     """
+
+    #: True for a tier whose ``get`` hands back the very object ``set`` was
+    #: given (an in-process store): :meth:`Layers.peek` may answer from it.
+    returns_stored_object: bool = False
 
     def get(self, key: str) -> bytes | None:
         raise NotImplementedError
@@ -111,7 +117,9 @@ class InlineAsync:
 
 
 # The operations a flow can ask for. Each knows how to run itself both ways.
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass costs twice as much to build, and a Get is
+# built on every lookup.
+@dataclass(slots=True)
 class Get:
     index: int
     key: str
@@ -206,7 +214,7 @@ Op = Get | Put | Delete | Clear | ReadVersions | TargetOp
 Flow = Generator[Op, Any, T]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hit:
     record: Record
     tier: str
@@ -242,6 +250,14 @@ class Layers:
         self._targets: tuple[Any, ...] = (*self.tiers, self.versions)
         self._versions_index = len(self.tiers)
         self._counters = tuple(Counters(target.name) for target in self._targets)
+        # Local tiers are read on the spot (see InlineAsync): a hit on them
+        # never passes through a driver, which halves the cost of a memory hit.
+        self._inline = tuple(isinstance(tier, InlineAsync) for tier in self.tiers)
+        self._peekable = (
+            bool(self._inline)
+            and self._inline[0]
+            and (getattr(self.tiers[0], "returns_stored_object", False) is True)
+        )
 
     def attach(self, target: Any) -> int:
         """Add a target that is not a tier (it has a ``name``, ``close`` and ``aclose``).
@@ -260,19 +276,22 @@ class Layers:
         try:
             op = next(flow)
             while True:
-                counters = self._counters[op.index]
-                start = time.perf_counter()
-                try:
-                    result = op.run(self._targets[op.index])
-                except Exception as exc:  # fail-open: a broken tier is a miss
-                    counters.failure("errors", op.what, exc)
-                    result = None
-                else:
-                    if op.what == "get":
-                        counters.observe(time.perf_counter() - start)
-                op = flow.send(result)
+                op = flow.send(self._perform(op))
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _perform(self, op: Op) -> Any:
+        """Run one operation with a blocking call; a failure is counted and reads as None."""
+        counters = self._counters[op.index]
+        start = time.perf_counter()
+        try:
+            result = op.run(self._targets[op.index])
+        except Exception as exc:  # fail-open: a broken tier is a miss
+            counters.failure("errors", op.what, exc)
+            return None
+        if op.what == "get":
+            counters.observe(time.perf_counter() - start)
+        return result
 
     async def arun(self, flow: Flow[T]) -> T:
         """Drive a flow with awaits (no thread-pool hop)."""
@@ -295,6 +314,31 @@ class Layers:
 
     # -- flows ----------------------------------------------------------------
 
+    def peek(self, key: str, namespace: str) -> Hit | None:
+        """The top tier's hit when it needs nothing beyond this process, else None.
+
+        The commonest hit, answered without a flow (whose generators and
+        driver would double its cost): an in-process top tier holding a record
+        this process built or verified, unexpired, and either with no
+        dependencies or already found current at this generation of the
+        version store. Anything else returns None without counting a miss,
+        and :meth:`get_flow` walks the tiers as usual.
+        """
+        if not self._peekable:
+            return None
+        raw = self._perform(Get(0, key))
+        if type(raw) is not serialization.Encoded or raw.key != key:
+            return None
+        record = raw.record
+        if record.expired(self.clock()):
+            return None
+        if record.dependencies:
+            generation = self._generation()
+            if generation is None or record.derived.get("fresh_at") != (namespace, generation):
+                return None
+        self._counters[0].add("hits")
+        return Hit(record, self.tiers[0].name, parsed=False)
+
     def get_flow(
         self, key: str, namespace: str = "", dependencies: Collection[str] = ()
     ) -> Flow[tuple[Hit | None, dict[str, int] | None]]:
@@ -311,7 +355,8 @@ class Layers:
             snapshot = yield ReadVersions(self._versions_index, namespace, dependencies)
         known = dict(snapshot or {})
         for index, counters in enumerate(self._counters[: self._versions_index]):
-            raw = yield Get(index, key)
+            get = Get(index, key)
+            raw = self._perform(get) if self._inline[index] else (yield get)
             if raw is None:
                 counters.add("misses")
                 continue

@@ -429,7 +429,13 @@ def test_a_value_that_cannot_be_stored_lets_each_follower_go_alone() -> None:
 
 
 class _SlowReads(MemoryTier):
-    """An L1 whose reads in the thread named "slow" return only when the gate opens."""
+    """An L1 whose reads in the thread named "slow" return only when the gate opens.
+
+    No peek (``Layers.peek``): the one read a lookup makes is then the flow's,
+    the read that decides the miss the coalescer must cover.
+    """
+
+    returns_stored_object = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -13,7 +13,14 @@ from langchain_core.language_models import FakeListLLM
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
-from llmcache import ConfigurationError, DiskTier, LLMCacheError, MemoryTier, TieredCache
+from llmcache import (
+    ConfigurationError,
+    DiskTier,
+    LLMCacheError,
+    MemoryTier,
+    TieredCache,
+    depends_on,
+)
 from llmcache.keys import cache_key
 from llmcache.tiers import InlineAsync
 from tests.conftest import FakeClock
@@ -311,3 +318,70 @@ def test_mutating_a_promoted_hit_never_changes_l1(tmp_path: Path) -> None:
     assert from_memory[0].message.usage_metadata["total_tokens"] == 30  # type: ignore[index]
     assert cache.stats().tiers["memory"].hits == 1
     assert cache.stats().tokens_saved == 60
+
+
+class _CountedFlows:
+    """Counts the flows a cache drives (peeked hits drive none)."""
+
+    def __init__(self, cache: TieredCache, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        layers = cache._layers
+        run, arun = layers.run, layers.arun
+
+        def counted_run(flow: Any) -> Any:
+            self.count += 1
+            return run(flow)
+
+        async def counted_arun(flow: Any) -> Any:
+            self.count += 1
+            return await arun(flow)
+
+        monkeypatch.setattr(layers, "run", counted_run)
+        monkeypatch.setattr(layers, "arun", counted_arun)
+
+
+async def test_a_memory_hit_is_answered_without_a_flow_and_counted_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = TieredCache(l1=MemoryTier(), l2=DiskTier(tmp_path))
+    flows = _CountedFlows(cache, monkeypatch)
+    assert cache.lookup("p", "l") is None  # a miss walks the tiers
+    cache.update("p", "l", ANSWER)
+    assert flows.count == 2
+    assert _content(cache.lookup("p", "l")) == "41 g carbs"
+    assert _content(await cache.alookup("p", "l")) == "41 g carbs"
+    assert flows.count == 2  # both hits came from memory with no flow
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.tokens_saved) == (2, 1, 60)
+    assert (stats.tiers["memory"].hits, stats.tiers["memory"].misses) == (2, 1)
+    assert (stats.tiers["disk"].hits, stats.tiers["disk"].misses) == (0, 1)
+
+
+def test_an_expired_memory_entry_is_not_peeked_but_walked(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The memory tier's own clock never moves: only the record says it expired.
+    cache = TieredCache(l1=MemoryTier(), l2=DiskTier(tmp_path), ttl=10, clock=clock)
+    cache.update("p", "l", ANSWER)
+    flows = _CountedFlows(cache, monkeypatch)
+    clock.advance(11)
+    assert cache.lookup("p", "l") is None
+    assert flows.count == 1
+    memory = cache.stats().tiers["memory"]
+    assert (memory.hits, memory.misses) == (0, 1)  # counted once, by the walk
+
+
+def test_a_dependent_memory_entry_is_peeked_only_while_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = TieredCache(l1=MemoryTier(), l2=None)
+    with depends_on("menu:7"):
+        assert cache.lookup("p", "l") is None
+        cache.update("p", "l", ANSWER)
+        flows = _CountedFlows(cache, monkeypatch)
+        assert _content(cache.lookup("p", "l")) == "41 g carbs"  # checked by the walk
+        assert _content(cache.lookup("p", "l")) == "41 g carbs"  # known current: peeked
+        assert flows.count == 1
+        cache.invalidate("menu:7")
+        assert cache.lookup("p", "l") is None  # the peek sees the store moved on
+        assert flows.count == 2

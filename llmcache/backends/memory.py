@@ -28,6 +28,8 @@ class MemoryTier(InlineAsync):
     wait on I/O here, so the async twins call straight through.
     """
 
+    returns_stored_object = True  # see InlineAsync: the layers may peek here
+
     def __init__(
         self,
         max_entries: int = 10_000,
