@@ -199,9 +199,10 @@ def _compile_one(item: Any, *, reusable: bool) -> _Part:
     message_cls, fields, complete = (None, None, False)
     if issubclass(cls, ChatGeneration):
         message_cls, fields = _compile_message(item.get("message"))
-        # The schema check let through only declared fields; with id and type added,
-        # the count tells whether every declared one is there.
-        complete = len(fields.keys() | {"id", "type"}) == len(_FIELDS[message_cls])
+        # The schema check let through only declared fields other than type; with
+        # id and type added, the count tells whether every declared one is there.
+        added = 1 + ("id" not in fields)
+        complete = len(fields) + added == len(_FIELDS[message_cls])
     if not reusable:
         return _Part(cls, text, None, message_cls, complete, fresh=(info, fields))
     state = [info, fields]
@@ -223,11 +224,11 @@ def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
     if cls is None or not isinstance(fields, dict):
         raise SerializationError(f"message class not allowed: {stored.get('type')!r}")
     schema = _MESSAGE_SCHEMAS[cls.__name__]
+    if not fields.keys() <= schema.keys():
+        unknown = sorted(fields.keys() - schema.keys())
+        raise SerializationError(f"unknown message field: {unknown[0]!r}")
     for name, value in fields.items():
-        expected = schema.get(name)
-        if expected is None:
-            raise SerializationError(f"unknown message field: {name!r}")
-        if type(value) not in expected:
+        if type(value) not in schema[name]:
             raise SerializationError(f"message field {name!r} has type {type(value).__name__}")
     for name in _CALL_LISTS:
         calls = fields.get(name)

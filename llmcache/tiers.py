@@ -326,17 +326,23 @@ class Layers:
         """
         if not self._peekable:
             return None
-        raw = self._perform(Get(0, key))
+        counters = self._counters[0]
+        start = time.perf_counter()
+        try:
+            raw = self.tiers[0].get(key)
+        except Exception:  # not counted here: the walk reads again, and counts that
+            return None
+        counters.observe(time.perf_counter() - start)
         if type(raw) is not serialization.Encoded or raw.key != key:
             return None
         record = raw.record
-        if record.expired(self.clock()):
+        if record.expires_at is not None and record.expired(self.clock()):
             return None
         if record.dependencies:
             generation = self._generation()
             if generation is None or record.derived.get("fresh_at") != (namespace, generation):
                 return None
-        self._counters[0].add("hits")
+        counters.add("hits")
         return Hit(record, self.tiers[0].name, parsed=False)
 
     def get_flow(

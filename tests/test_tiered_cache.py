@@ -385,3 +385,15 @@ def test_a_dependent_memory_entry_is_peeked_only_while_current(
         cache.invalidate("menu:7")
         assert cache.lookup("p", "l") is None  # the peek sees the store moved on
         assert flows.count == 2
+
+
+class _FailingMemory(MemoryTier):
+    def get(self, key: str) -> bytes | None:
+        raise RuntimeError("memory read failed")
+
+
+def test_a_failing_memory_read_is_a_miss_counted_once() -> None:
+    cache = TieredCache(l1=_FailingMemory(), l2=None)
+    assert cache.lookup("p", "l") is None  # the peek gives up; the walk counts the failure
+    memory = cache.stats().tiers["memory"]
+    assert (memory.errors, memory.misses, memory.hits) == (1, 1, 0)
