@@ -358,7 +358,10 @@ class Layers:
         """
         snapshot: dict[str, int] | None = {}
         if dependencies:
-            snapshot = yield ReadVersions(self._versions_index, namespace, dependencies)
+            # Local stores answer at once; a round trip only when one is needed.
+            snapshot = self._peek(namespace, dependencies)
+            if snapshot is None:
+                snapshot = yield ReadVersions(self._versions_index, namespace, dependencies)
         known = dict(snapshot or {})
         for index, counters in enumerate(self._counters[: self._versions_index]):
             get = Get(index, key)
