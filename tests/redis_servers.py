@@ -38,6 +38,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from llmcache.backends.redis import close_sync_client
+
 __all__ = [
     "EXTERNAL_URL_ENV",
     "RedisClusterServers",
@@ -324,7 +326,8 @@ def purge_prefix(url: str, prefix: str, *, cluster: bool = False) -> int:
     """UNLINK every key under ``prefix`` (a test's own); never FLUSHDB."""
     factory = redis.cluster.RedisCluster if cluster else redis.Redis
     removed = 0
-    with contextlib.closing(factory.from_url(url, socket_timeout=5)) as client:
+    client = factory.from_url(url, socket_timeout=5)
+    try:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
         scan = (
             client.scan_iter(
@@ -335,6 +338,8 @@ def purge_prefix(url: str, prefix: str, *, cluster: bool = False) -> int:
         )
         for key in list(scan):
             removed += int(client.unlink(key))
+    finally:
+        close_sync_client(client)
     return removed
 
 

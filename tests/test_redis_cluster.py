@@ -16,7 +16,7 @@ import redis.asyncio.cluster
 from langchain_openai import ChatOpenAI
 
 from llmcache import TieredCache, TierError
-from llmcache.backends.redis import RedisTier
+from llmcache.backends.redis import RedisTier, close_sync_client
 from llmcache.errors import ConfigurationError
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import FakeClock
@@ -105,6 +105,29 @@ async def test_concurrent_gets_take_one_connection_per_master(
             assert connections_named(client, name) == (2 if seed else 1)
 
 
+def test_close_closes_every_sync_connection(
+    make_tier: Callable[..., RedisTier], redis_cluster: RedisClusterServers
+) -> None:
+    # RedisCluster.close() alone leaves the pools of its node clients open
+    # (redis-py 8): their sockets lingered until garbage collection.
+    name = f"llmcache-test-{uuid.uuid4().hex[:8]}"
+    tier = make_tier(client_options={"client_name": name})
+    for index in range(30):
+        tier.set(f"ns:{index}", b"v")
+    assert [tier.get(f"ns:{index}") for index in range(30)] == [b"v"] * 30
+
+    def open_connections() -> int:
+        total = 0
+        for node in redis_cluster.nodes:
+            with contextlib.closing(node.client()) as client:
+                total += connections_named(client, name)
+        return total
+
+    assert open_connections() >= len(redis_cluster.nodes)  # every node is a master
+    tier.close()
+    assert open_connections() == 0
+
+
 @pytest.mark.parametrize("path", ["sync", "async"])
 def test_clear_scans_every_master(
     path: str,
@@ -116,7 +139,8 @@ def test_clear_scans_every_master(
     for index in range(300):
         tier.set(f"gone:{index}", b"x")
         tier.set(f"kept:{index}", b"y")
-    with contextlib.closing(redis.cluster.RedisCluster.from_url(redis_cluster.url)) as raw:
+    raw = redis.cluster.RedisCluster.from_url(redis_cluster.url)
+    try:
         raw.set(f"foreign-{key_prefix}gone:1", b"not ours")
         if path == "sync":
             tier.clear("gone")
@@ -124,6 +148,8 @@ def test_clear_scans_every_master(
             asyncio.run(tier.aclear("gone"))
         assert raw.get(f"foreign-{key_prefix}gone:1") == b"not ours"
         raw.unlink(f"foreign-{key_prefix}gone:1")
+    finally:
+        close_sync_client(raw)
     assert sum(_our_keys_per_master(redis_cluster, f"{key_prefix}gone:").values()) == 0
     assert sum(_our_keys_per_master(redis_cluster, f"{key_prefix}kept:").values()) == 300
 

@@ -46,7 +46,7 @@ from llmcache.backends.redis_batch import AutoBatcher, PerLoop, Result, run_clus
 from llmcache.errors import ConfigurationError, TierError
 from llmcache.keys import namespace_prefix
 
-__all__ = ["RedisTier"]
+__all__ = ["RedisTier", "close_sync_client"]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 _SCAN_COUNT = 1000
@@ -310,7 +310,7 @@ class RedisTier:
         with self._lock:
             sync, self._sync = self._sync, self._byo_client
         if sync is not None and sync is not self._byo_client:
-            sync.close()
+            close_sync_client(sync)
         self._loops.close_all()
 
     # -- Tier: async ------------------------------------------------------------------------
@@ -428,6 +428,20 @@ def _redact(url: str) -> str:
     if parts.password is None:
         return url
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def close_sync_client(client: Any) -> None:
+    """Close a redis-py client and every connection it opened.
+
+    ``RedisCluster.close()`` closes each node's client but not the connection
+    pools ``from_url`` gave those clients, so their sockets would stay open
+    until garbage collection.
+    """
+    client.close()
+    if isinstance(client, redis.cluster.RedisCluster):
+        for node in client.get_nodes():  # type: ignore[no-untyped-call]
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
 
 
 def _portable(client: Any) -> dict[str, Any]:
