@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,4 +142,38 @@ def test_disk_size_limit_culls(tmp_path: Path) -> None:
     volume = tier._open(create=False).volume()  # type: ignore[union-attr]
     assert volume < 3 << 20
     assert tier.get("n:last") == b"kept"
+    tier.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_disk_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    # SQLite forbids using a connection across fork(): the child must open its own.
+    tier = DiskTier(tmp_path / "d")
+    tier.set("n:parent", b"p")
+    assert tier.get("n:parent") == b"p"
+    parent_connection = tier._readers.reader[1]
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            read = tier.get("n:parent")
+            own = tier._readers.reader[1] is not parent_connection
+            tier.set("n:child", b"c")
+            code = 0 if read == b"p" and own else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tier.get("n:child") == b"c"
+    assert tier._readers.reader[1] is parent_connection
+    tier.close()
+
+
+def test_disk_reads_after_close_reopen(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path / "d")
+    tier.set("n:k", b"v")
+    assert tier.get("n:k") == b"v"
+    tier.close()
+    assert tier.get("n:k") == b"v"  # a new connection, not the closed one
     tier.close()
