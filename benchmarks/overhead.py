@@ -11,7 +11,10 @@ with ``perf_counter`` while the others wait, so drift on the machine spreads
 over all of them alike. Two levels: ``lookup`` (the BaseCache call alone,
 with the prompt and llm_string LangChain would pass) and ``invoke`` (the whole
 ``ChatOpenAI.invoke`` on a hit). Figures are percentiles over every timed
-call; ratios compare medians.
+call; ratios compare medians. Every contender hits one key again and again;
+for the disk tier that means the bytes it reads were decoded before in this
+process, so a second disk contender decodes every hit anew, as the first read
+of an entry in a process does, and both are reported.
 
 Two more parts live in their own modules and run from here too:
 ``overhead_redis.py`` (Redis L2 hits against langchain-community's Redis
@@ -115,11 +118,13 @@ class _FreshCopyFloor(BaseCache):
 
 FRESH_FLOOR = "floor: fresh objects, no lookup"
 DISK_FLOOR = "floor: raw diskcache read + fresh objects"
+DISK_FIRST_READ = "TieredCache L2 (disk, L1 off), every hit a first read"
 CONTENDERS = (
     "langchain InMemoryCache",
     "langchain-community SQLiteCache",
     "TieredCache L1 (memory)",
     "TieredCache L2 (disk, L1 off)",
+    DISK_FIRST_READ,
     FRESH_FLOOR,
     DISK_FLOOR,
 )
@@ -136,7 +141,13 @@ def _make_cache(name: str, directory: Path) -> BaseCache:
         return _FreshCopyFloor()
     if name == DISK_FLOOR:
         return _FreshCopyFloor(directory / "raw")
-    return TieredCache(l1=None, l2=DiskTier(directory / "disk"))
+    cache = TieredCache(l1=None, l2=DiskTier(directory / "disk"))
+    if name == DISK_FIRST_READ:
+        # A repeated disk hit reuses the record decoded from the same bytes
+        # (tiers.DecodedMemo); without it every hit verifies, parses and checks
+        # its bytes anew, as the first read of an entry in a process does.
+        cache._layers.decoded = None
+    return cache
 
 
 def _timed(call: Callable[[], Any], calls: int) -> list[float]:
@@ -248,7 +259,10 @@ def goals(contenders: list[Contender]) -> list[dict[str, Any]]:
         for what, value, op, target in checks
     ]  # fmt: skip
     fresh, raw_disk = by_name[FRESH_FLOOR], by_name[DISK_FLOOR]
+    first_read = by_name[DISK_FIRST_READ]
     context = [
+        ("disk L2 invoke speed-up vs SQLiteCache when every hit is a first read (x)",
+         paired_ratio(sqlite, first_read, "invoke")),
         ("floor for the L1 goal: fresh objects alone vs InMemoryCache, invoke (x)",
          paired_ratio(fresh, memory, "invoke")),
         ("ceiling for the disk goal: SQLiteCache vs a raw disk read + fresh objects, invoke (x)",

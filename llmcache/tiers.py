@@ -14,6 +14,7 @@ once, and answered with ``None``, which every flow reads as a miss.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import (
     Awaitable,
@@ -35,6 +36,7 @@ from llmcache.stats import Counters, TierStats
 
 __all__ = [
     "Clear",
+    "DecodedMemo",
     "Delete",
     "Flow",
     "Get",
@@ -226,6 +228,55 @@ class Hit:
     retained: bool = True
 
 
+class DecodedMemo:
+    """The records decoded from recent stored bytes, by storage key.
+
+    Decoding (MAC check, JSON parse, allowlist check, then the compiled
+    template) is a pure function of the key and the stored bytes under one
+    secret. When a top tier that hands back fresh bytes on every read (disk,
+    or Redis with no L1 above it) returns the very bytes decoded before under
+    that key, the record decoded then is the answer, with its template, and
+    the repeated hit skips all of that work. The tier is still read on every
+    lookup, so an overwrite, a delete or an expiry anywhere is seen at once:
+    this saves work on identical bytes, it never answers instead of the tier.
+    Bounded by entries and by the bytes it holds; emptied whole when full
+    (forgetting is always safe). Not used under an in-process tier, whose
+    promoted copy already keeps the record.
+    """
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 8 << 20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[str, tuple[bytes, Record]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str, raw: bytes) -> Record | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == raw:
+            return entry[1]
+        return None
+
+    def put(self, key: str, raw: bytes, record: Record) -> None:
+        size = len(raw)
+        if size > self.max_bytes // 16:
+            return  # one large value must not push out everything else
+        with self._lock:
+            if len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes:
+                self._entries.clear()
+                self._bytes = 0
+            previous = self._entries.get(key)
+            if previous is not None:
+                self._bytes -= len(previous[0])
+            self._entries[key] = (raw, record)
+            self._bytes += size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
 class Layers:
     """An ordered stack of tiers (fastest first) with the flows over them."""
 
@@ -258,6 +309,8 @@ class Layers:
             and self._inline[0]
             and (getattr(self.tiers[0], "returns_stored_object", False) is True)
         )
+        top_keeps_records = getattr(self.tiers[0], "returns_stored_object", False) is True
+        self.decoded = None if top_keeps_records else DecodedMemo()
 
     def attach(self, target: Any) -> int:
         """Add a target that is not a tier (it has a ``name``, ``close`` and ``aclose``).
@@ -371,19 +424,26 @@ class Layers:
                 continue
             now = self.clock()
             parsed = not (type(raw) is serialization.Encoded and raw.key == key)
-            try:
-                record = serialization.decode(raw, key=key, signer=self.signer)
-            except IntegrityError as exc:
-                # Maybe another process's, under a secret we do not have: a miss
-                # here, but not ours to delete.
-                counters.failure("corrupt", "verify", exc)
-                counters.add("misses")
-                continue
-            except SerializationError as exc:
-                counters.failure("corrupt", "decode", exc)
-                counters.add("misses")
-                yield Delete(index, key)  # garbage: make room for a clean refill
-                continue
+            memo = self.decoded if index == 0 and parsed else None
+            record = None if memo is None else memo.get(key, raw)
+            if record is not None:
+                parsed = False  # decoded from these very bytes before, and kept
+            else:
+                try:
+                    record = serialization.decode(raw, key=key, signer=self.signer)
+                except IntegrityError as exc:
+                    # Maybe another process's, under a secret we do not have: a
+                    # miss here, but not ours to delete.
+                    counters.failure("corrupt", "verify", exc)
+                    counters.add("misses")
+                    continue
+                except SerializationError as exc:
+                    counters.failure("corrupt", "decode", exc)
+                    counters.add("misses")
+                    yield Delete(index, key)  # garbage: make room for a clean refill
+                    continue
+                if memo is not None:
+                    memo.put(key, raw, record)
             if record.expired(now):
                 counters.add("misses")
                 continue
@@ -411,7 +471,8 @@ class Layers:
                 for upper in range(index):
                     yield Put(upper, key, promoted, ttl)
                     self._counters[upper].add("writes")
-            retained = not parsed or index > 0  # kept in memory, or promoted there
+            # Kept in memory (an in-process tier, the memo), or promoted there.
+            retained = not parsed or index > 0 or memo is not None
             return Hit(record, self.tiers[index].name, parsed, retained), snapshot
         return None, snapshot
 
@@ -529,6 +590,8 @@ class Layers:
             yield Delete(index, key)
 
     def clear_flow(self, namespace: str) -> Flow[None]:
+        if self.decoded is not None:
+            self.decoded.clear()  # not needed for correctness: frees what is gone
         for index in range(len(self.tiers)):
             yield Clear(index, namespace)
 

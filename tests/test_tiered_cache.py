@@ -397,3 +397,77 @@ def test_a_failing_memory_read_is_a_miss_counted_once() -> None:
     assert cache.lookup("p", "l") is None  # the peek gives up; the walk counts the failure
     memory = cache.stats().tiers["memory"]
     assert (memory.errors, memory.misses, memory.hits) == (1, 1, 0)
+
+
+# -- the decoded-record memo of a top tier that hands back fresh bytes ----------
+
+
+def test_a_repeated_disk_hit_reuses_the_record_decoded_from_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    cache = TieredCache(l1=None, l2=DiskTier(tmp_path))
+    cache.update("p", "l", ANSWER)
+    key = _disk_key()
+    layers = cache._layers
+    first, _ = layers.run(layers.get_flow(key))
+    second, _ = layers.run(layers.get_flow(key))
+    assert first is not None and second is not None
+    assert first.parsed and not second.parsed
+    assert second.record is first.record  # the tier was read, the decode skipped
+    stats = cache.stats().tiers["disk"]
+    assert (stats.hits, stats.misses) == (2, 0)  # still a disk hit, counted as one
+
+
+def test_the_memo_never_answers_instead_of_the_tier(tmp_path: Path) -> None:
+    cache = TieredCache(l1=None, l2=DiskTier(tmp_path))
+    other = TieredCache(l1=None, l2=DiskTier(tmp_path))  # another process, in effect
+    cache.update("p", "l", ANSWER)
+    assert _content(cache.lookup("p", "l")) == "41 g carbs"
+    other.update("p", "l", [ChatGeneration(message=AIMessage("12 g fat"))])
+    assert _content(cache.lookup("p", "l")) == "12 g fat"  # an overwrite is seen at once
+    other.clear()
+    assert cache.lookup("p", "l") is None  # and so is a delete
+
+
+def test_mutating_a_repeated_disk_hit_never_changes_the_next(tmp_path: Path) -> None:
+    cache = TieredCache(l1=None, l2=DiskTier(tmp_path))
+    cache.update("p", "l", ANSWER)
+    for _ in range(3):
+        hit = cache.lookup("p", "l")
+        assert _content(hit) == "41 g carbs"
+        assert hit is not None
+        hit[0].message.content = "poisoned"  # type: ignore[attr-defined]
+        hit[0].message.usage_metadata["total_tokens"] = -1  # type: ignore[attr-defined]
+    assert cache.stats().tokens_saved == 90
+
+
+def test_a_signed_value_copied_under_another_key_is_rejected_after_a_memo_hit(
+    tmp_path: Path,
+) -> None:
+    secret = "s" * 32
+    cache = TieredCache(l1=None, l2=DiskTier(tmp_path), secret=secret)
+    cache.update("p", "l", ANSWER)
+    assert cache.lookup("p", "l") is not None  # decoded, verified and kept
+    disk = DiskTier(tmp_path)
+    disk.set(_disk_key("q"), disk.get(_disk_key()) or b"")  # the same bytes under another key
+    assert cache.lookup("q", "l") is None  # verified for its own key, and refused
+    assert cache.stats().tiers["disk"].corrupt == 1
+    disk.close()
+
+
+def test_the_memo_is_bounded_and_off_under_an_in_process_tier(tmp_path: Path) -> None:
+    cache = TieredCache(l1=None, l2=DiskTier(tmp_path))
+    memo = cache._layers.decoded
+    assert memo is not None
+    memo.max_entries = 3
+    for index in range(10):
+        cache.update(f"p{index}", "l", ANSWER)
+        assert cache.lookup(f"p{index}", "l") is not None
+    assert 1 <= len(memo._entries) <= 3
+    assert _disk_key("p9") in memo._entries
+    big = [ChatGeneration(message=AIMessage(os.urandom(memo.max_bytes // 8).hex()))]
+    cache.update("big", "l", big)
+    assert cache.lookup("big", "l") is not None
+    assert _disk_key("big") not in memo._entries  # one value may not push out the rest
+    assert _disk_key("p9") in memo._entries
+    assert TieredCache(l2=DiskTier(tmp_path))._layers.decoded is None  # L1 keeps records
