@@ -31,9 +31,9 @@ from llmcache.invalidation import (
     validate_dependency,
 )
 from llmcache.keys import KeyMemo, validate_namespace
-from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Signer
+from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
 from llmcache.stats import CacheStats, Counters
-from llmcache.tiers import Flow, Hit, Layers, Tier
+from llmcache.tiers import Flow, Layers, Tier
 
 __all__ = ["TieredCache", "default_directory"]
 
@@ -224,9 +224,9 @@ class TieredCache(BaseCache):
         if dependencies is None:
             self._counters.add("misses")
             return None, None
-        hit = self._layers.peek(key, self.namespace)
-        if hit is not None:
-            return self._answer(hit), None
+        record = self._layers.peek(key, self.namespace)
+        if record is not None:
+            return self._answer(record, owned=False, retained=True), None
         return None, self._lookup_flow(key, dependencies, prompt, llm_string)
 
     def _lookup_flow(
@@ -244,9 +244,12 @@ class TieredCache(BaseCache):
                 coalescer.bound(prompt, llm_string),
                 lambda: self._layers.get_flow(key, self.namespace, dependencies),
             )
-        if hit is None and dependencies and snapshot is not None:
-            self._pending.remember(key, snapshot)
-        return self._answer(hit)
+        if hit is None:
+            if dependencies and snapshot is not None:
+                self._pending.remember(key, snapshot)
+            self._counters.add("misses")
+            return None
+        return self._answer(hit.record, owned=hit.parsed, retained=hit.retained)
 
     def _update_flow(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Flow[int]:
         dependencies = self._dependencies(prompt, llm_string)
@@ -285,24 +288,26 @@ class TieredCache(BaseCache):
             return None
         return names | derived
 
-    def _answer(self, hit: Hit | None) -> RETURN_VAL_TYPE | None:
-        if hit is not None:
-            derived = hit.record.derived
-            template = derived.get("generations")
-            if template is None:
-                try:
-                    template = compile_template(
-                        hit.record.payload, owned=hit.parsed, reusable=hit.retained
-                    )
-                    if hit.retained:
-                        derived["generations"] = template
-                except SerializationError as exc:
-                    self._counters.failure("errors", "decode generations", exc)
-            if template is not None:
-                self._counters.add_each(("hits", 1), ("tokens_saved", template.tokens))
-                return template.build()
-        self._counters.add("misses")
-        return None
+    def _answer(self, record: Record, *, owned: bool, retained: bool) -> RETURN_VAL_TYPE | None:
+        """Fresh generations built from a hit's record (None, a miss, if it cannot be).
+
+        ``owned``: nobody else holds the record's payload yet (just parsed);
+        ``retained``: the record lives on in this process, so its compiled
+        template is kept with it for the next hit.
+        """
+        derived = record.derived
+        template = derived.get("generations")
+        if template is None:
+            try:
+                template = compile_template(record.payload, owned=owned, reusable=retained)
+            except SerializationError as exc:
+                self._counters.failure("errors", "decode generations", exc)
+                self._counters.add("misses")
+                return None
+            if retained:
+                derived["generations"] = template
+        self._counters.add_each(("hits", 1), ("tokens_saved", template.tokens))
+        return template.build()
 
 
 def _dependency_names(names: Iterable[str]) -> frozenset[str]:

@@ -367,15 +367,16 @@ class Layers:
 
     # -- flows ----------------------------------------------------------------
 
-    def peek(self, key: str, namespace: str) -> Hit | None:
-        """The top tier's hit when it needs nothing beyond this process, else None.
+    def peek(self, key: str, namespace: str) -> Record | None:
+        """The top tier's record when it needs nothing beyond this process, else None.
 
         The commonest hit, answered without a flow (whose generators and
         driver would double its cost): an in-process top tier holding a record
         this process built or verified, unexpired, and either with no
         dependencies or already found current at this generation of the
-        version store. Anything else returns None without counting a miss,
-        and :meth:`get_flow` walks the tiers as usual.
+        version store. The record is this process's own: it is not parsed
+        and stays retained. Anything else returns None without counting a
+        miss, and :meth:`get_flow` walks the tiers as usual.
         """
         if not self._peekable:
             return None
@@ -396,7 +397,7 @@ class Layers:
             if generation is None or record.derived.get("fresh_at") != (namespace, generation):
                 return None
         counters.add("hits")
-        return Hit(record, self.tiers[0].name, parsed=False)
+        return record
 
     def get_flow(
         self, key: str, namespace: str = "", dependencies: Collection[str] = ()

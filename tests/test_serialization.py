@@ -14,7 +14,12 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generati
 from pydantic import BaseModel
 
 from llmcache import ConfigurationError, IntegrityError, SerializationError
-from llmcache.generations import dump_generations, load_generations, usage_tokens
+from llmcache.generations import (
+    compile_template,
+    dump_generations,
+    load_generations,
+    usage_tokens,
+)
 from llmcache.serialization import MAX_DECOMPRESSED_BYTES, Record, Signer, decode, encode
 
 SIGNER = Signer.from_secret("a secret of at least sixteen bytes")
@@ -343,3 +348,73 @@ def test_property_generations_round_trip(
     )
     original = [_chat(message) for _ in range(n)]
     assert _without_ids(_round_trip(original)) == _without_ids(original)
+
+
+# -- a compiled template, built again and again (every in-memory hit) ------------
+
+
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list reachable from ``value``, itself included."""
+    if isinstance(value, dict):
+        return [value, *(c for item in value.values() for c in _containers(item))]
+    if isinstance(value, list):
+        return [value, *(c for item in value for c in _containers(item))]
+    return []
+
+
+@given(info=st.none() | st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+       metadata=st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+       args=st.dictionaries(st.text(max_size=5), json_values, max_size=3))  # fmt: skip
+def test_property_builds_of_one_template_are_equal_and_share_no_container(
+    info: dict[str, Any] | None, metadata: dict[str, Any], args: dict[str, Any]
+) -> None:
+    message = AIMessage(
+        "x",
+        response_metadata=metadata,
+        tool_calls=[{"name": "f", "args": args, "id": "c1"}],
+        usage_metadata={"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
+    )
+    original = [_chat(message, info)]
+    template = compile_template(dump_generations(original), owned=False)
+    first, second = template.build(), template.build()
+    assert _without_ids(first) == _without_ids(second) == _without_ids(original)
+    # Both kept alive while compared, so equal ids would be the same objects.
+    held = [
+        [c for g in build for c in _containers(g.generation_info) + _containers(g.message.__dict__)]
+        for build in (first, second)
+    ]
+    shared = {id(c) for c in held[0]} & {id(c) for c in held[1]}
+    assert not shared
+
+
+def test_a_template_keeps_integers_past_64_bits_exact() -> None:
+    big = 2**70 + 1
+    payload = dump_generations([_chat(AIMessage("x", response_metadata={"n": big}))])
+    template = compile_template(payload, owned=False)
+    assert [template.build()[0].message.response_metadata["n"] for _ in range(2)] == [big, big]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"set": {1, 2}},  # not JSON
+        {"tuple": (1, {"a": 1})},  # not JSON either, and it holds a dict
+        {1: "int key"},
+    ],
+    ids=["set", "tuple", "int-key"],
+)
+def test_a_template_refuses_what_is_not_json(value: dict[Any, Any]) -> None:
+    payload = dump_generations([_chat(AIMessage("x"))])
+    payload[0]["message"]["fields"]["response_metadata"] = value
+    with pytest.raises(SerializationError):
+        compile_template(payload, owned=False)
+
+
+def test_a_template_refuses_nesting_deeper_than_it_can_copy() -> None:
+    deep: Any = []
+    for _ in range(10_000):
+        deep = [deep]
+    payload = dump_generations([_chat(AIMessage("x"))])
+    payload[0]["message"]["fields"]["response_metadata"] = {"deep": deep}
+    with pytest.raises(SerializationError):
+        compile_template(payload, owned=False)

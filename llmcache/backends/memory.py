@@ -62,16 +62,23 @@ class MemoryTier(InlineAsync):
         return self._bytes
 
     def get(self, key: str) -> bytes | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            value, expires_at = entry
-            if expires_at is not None and self._clock() >= expires_at:
-                self._remove(key)
-                return None
+        # No lock on a hit: the lookup and the move to the LRU end are each one
+        # atomic call on the OrderedDict. Compound changes (set, evict, remove)
+        # take the lock.
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires_at = entry
+        if expires_at is not None and self._clock() >= expires_at:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    self._remove(key)
+            return None
+        try:  # noqa: SIM105 - contextlib.suppress costs more than the move itself
             self._entries.move_to_end(key)
-            return value
+        except KeyError:
+            pass  # removed or replaced meanwhile by another thread: this read stands
+        return value
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         ttl = self.default_ttl if ttl is None else ttl
@@ -85,8 +92,9 @@ class MemoryTier(InlineAsync):
             self._entries[key] = (value, expires_at)
             self._bytes += cost
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-                oldest = next(iter(self._entries))
-                self._remove(oldest)
+                # popitem, not next(iter()): a lock-free get may move an entry meanwhile.
+                oldest, (old_value, _) = self._entries.popitem(last=False)
+                self._bytes -= _cost(oldest, old_value)
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -96,7 +104,8 @@ class MemoryTier(InlineAsync):
     def clear(self, namespace: str) -> None:
         prefix = namespace_prefix(namespace)
         with self._lock:
-            for key in [k for k in self._entries if k.startswith(prefix)]:
+            # list(): one atomic copy of the keys (a lock-free get may reorder them).
+            for key in [k for k in list(self._entries) if k.startswith(prefix)]:
                 self._remove(key)
 
     def close(self) -> None:
