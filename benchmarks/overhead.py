@@ -2,13 +2,15 @@
 
 Method: every contender caches the same real answer (one ChatOpenAI call to the
 local simulator, so the stored value has usage, metadata and ids like a real
-one). Each contender lives in a worker process of its own, as a cache does in
+one). Each contender lives in worker processes of its own, as a cache does in
 an application: contenders sharing one interpreter would share its heap,
 garbage collector and CPU caches, and the one with the largest footprint
-(SQLite's) would slow the others' hits. Rounds interleave the workers in a
+(SQLite's) would slow the others' hits. Rounds interleave the contenders in a
 shuffled order, each round timing ``--calls`` consecutive hits per contender
 with ``perf_counter`` while the others wait, so drift on the machine spreads
-over all of them alike. Two levels: ``lookup`` (the BaseCache call alone,
+over all of them alike; ``--processes`` workers per contender take turns
+round by round, so no single process's hash seed and memory layout (worth a
+percent or two on every call) decides a ratio. Two levels: ``lookup`` (the BaseCache call alone,
 with the prompt and llm_string LangChain would pass) and ``invoke`` (the whole
 ``ChatOpenAI.invoke`` on a hit). Figures are percentiles over every timed
 call; ratios compare medians. Every contender hits one key again and again;
@@ -183,26 +185,35 @@ def worker(name: str, base_url: str, directory: str, calls: int) -> None:
         print(json.dumps(rounds), flush=True)
 
 
-def measure(base_url: str, directory: Path, rounds: int, calls: int, seed: int) -> list[Contender]:
+def measure(
+    base_url: str, directory: Path, rounds: int, calls: int, seed: int, processes: int
+) -> list[Contender]:
     contenders = [Contender(name) for name in CONTENDERS]
-    workers = {}
+    # Several processes per contender, taking turns round by round: a process's
+    # hash seed and memory layout shift its every call by a percent or two,
+    # which interleaving rounds cannot cancel but more processes average out.
+    workers: dict[str, list[subprocess.Popen[str]]] = {}
+    started: list[subprocess.Popen[str]] = []
     try:
         for contender in contenders:
-            workers[contender.name] = subprocess.Popen(
-                [sys.executable, __file__, "--worker", contender.name, "--base-url", base_url,
-                 "--dir", str(directory / str(len(workers))), "--calls", str(calls)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-        for process in workers.values():
+            for _ in range(processes):
+                process = subprocess.Popen(
+                    [sys.executable, __file__, "--worker", contender.name, "--base-url",
+                     base_url, "--dir", str(directory / str(len(started))), "--calls", str(calls)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                started.append(process)
+                workers.setdefault(contender.name, []).append(process)
+        for process in started:
             assert process.stdout is not None
             if process.stdout.readline().strip() != "ready":
                 raise SystemExit("a worker failed to start")
         rng = random.Random(seed)
-        for _ in range(rounds):
+        for round_index in range(rounds):
             order = contenders[:]
             rng.shuffle(order)
             for contender in order:
-                process = workers[contender.name]
+                process = workers[contender.name][round_index % processes]
                 assert process.stdin is not None and process.stdout is not None
                 process.stdin.write("go\n")
                 process.stdin.flush()
@@ -210,7 +221,7 @@ def measure(base_url: str, directory: Path, rounds: int, calls: int, seed: int) 
                     contender.samples[level].extend(samples)
                     contender.round_medians[level].append(statistics.median(samples))
     finally:
-        for process in workers.values():
+        for process in started:
             if process.stdin is not None:
                 process.stdin.close()
             process.wait(timeout=60)
@@ -279,7 +290,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Cache-hit overhead ({report['mode']} run, {report['date']})",
         "",
-        f"Python {report['python']}, {report['machine']}; one worker process per contender;"
+        f"Python {report['python']}, {report['machine']}; {report['processes']} worker"
+        " processes per contender, taking turns;"
         f" {report['rounds']} interleaved rounds of {report['calls']} lookups and"
         f" {report['calls'] // 2} invokes per contender. Microseconds per call.",
         "",
@@ -309,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (CI)")
     parser.add_argument("--part", choices=("all", *PARTS), default="all")
     parser.add_argument("--url", help="Redis for the other parts (default: a valkey they start)")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--processes", type=int, default=4, help="worker processes per contender")
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -336,14 +349,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _local(args: argparse.Namespace) -> None:
     rounds, calls = (2, 100) if args.quick else (args.rounds, args.calls)
+    processes = 1 if args.quick else args.processes
     with tempfile.TemporaryDirectory() as tmp, Simulator(SimulatorConfig()) as sim:
-        contenders = measure(sim.base_url, Path(tmp), rounds, calls, args.seed)
+        contenders = measure(sim.base_url, Path(tmp), rounds, calls, args.seed, processes)
     report = {
         "mode": "quick" if args.quick else "full",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "rounds": rounds,
+        "processes": processes,
         "calls": calls,
         "results": summarize(contenders),
     }

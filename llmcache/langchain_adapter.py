@@ -306,7 +306,7 @@ class TieredCache(BaseCache):
                 return None
             if retained:
                 derived["generations"] = template
-        self._counters.add_each(("hits", 1), ("tokens_saved", template.tokens))
+        self._counters.add_hit(template.tokens)
         return template.build()
 
 

@@ -1,13 +1,15 @@
 """Counters and latency percentiles, per tier and for the whole cache.
 
-Counters are guarded by one lock each: ``+=`` on an attribute is not atomic
-under threads, and LangChain's ``batch`` runs lookups in a thread pool.
+``+=`` on a shared count is not atomic under threads, and LangChain's
+``batch`` runs lookups in a thread pool: each thread counts on its own
+(``Counters``), and reads add the threads' counts up.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,32 +84,72 @@ class CacheStats:
         }
 
 
+class _Shard:
+    """One thread's counts; when the thread ends, its counts are kept (see Counters)."""
+
+    __slots__ = ("__weakref__", "counts")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+
 class Counters:
-    """Thread-safe named counters plus a reservoir of recent latencies."""
+    """Named counters and a reservoir of recent latencies, safe under threads.
+
+    Each thread counts in a dict of its own, so a count takes no lock (a hit
+    counts two or three things, and LangChain's ``batch`` runs lookups in a
+    thread pool, where one shared lock would also be contended); a read adds
+    the threads' dicts up. When a thread ends, its counts move into a dict of
+    retired counts, so a program that starts a thread per request keeps one
+    dict per live thread, not one per thread it ever had.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()  # guards the shard list, retired counts and logging
+        self._local = threading.local()
+        self._shards: list[dict[str, int]] = []
+        self._retired: dict[str, int] = {}
         self._latencies: deque[float] = deque(maxlen=_SAMPLES)
         self._logged: set[str] = set()
 
-    def add(self, counter: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counts[counter] = self._counts.get(counter, 0) + amount
+    def _own_counts(self) -> dict[str, int]:
+        try:
+            counts: dict[str, int] = self._local.shard.counts
+        except AttributeError:
+            shard = self._local.shard = _Shard()
+            counts = shard.counts
+            with self._lock:
+                self._shards.append(counts)
+            # The thread-local shard dies with its thread: keep what it counted.
+            # (A weak reference: the finalizer must not keep these counters alive.)
+            weakref.finalize(shard, _retire, weakref.ref(self), counts)
+        return counts
 
-    def add_each(self, *amounts: tuple[str, int]) -> None:
-        """Several counters under one lock (a hit counts itself and its tokens)."""
+    def _retire(self, counts: dict[str, int]) -> None:
         with self._lock:
-            counts = self._counts
-            for counter, amount in amounts:
-                counts[counter] = counts.get(counter, 0) + amount
+            for counter, amount in counts.items():
+                self._retired[counter] = self._retired.get(counter, 0) + amount
+            self._shards = [shard for shard in self._shards if shard is not counts]
+
+    def add(self, counter: str, amount: int = 1) -> None:
+        counts = self._own_counts()
+        counts[counter] = counts.get(counter, 0) + amount
+
+    def add_hit(self, tokens: int) -> None:
+        """A hit and the tokens it saved (the commonest count)."""
+        counts = self._own_counts()
+        counts["hits"] = counts.get("hits", 0) + 1
+        counts["tokens_saved"] = counts.get("tokens_saved", 0) + tokens
 
     def observe(self, seconds: float) -> None:
         self._latencies.append(seconds)  # deque.append is atomic
 
     def get(self, counter: str) -> int:
-        return self._counts.get(counter, 0)
+        with self._lock:
+            return self._retired.get(counter, 0) + sum(
+                shard.get(counter, 0) for shard in self._shards
+            )
 
     def failure(self, counter: str, what: str, exc: BaseException) -> None:
         """Count a failure and log it: loudly the first time per kind, quietly after."""
@@ -127,8 +169,11 @@ class Counters:
         )
 
     def reset(self) -> None:
+        """Zero every count (a count racing with the reset may survive it)."""
         with self._lock:
-            self._counts.clear()
+            for shard in self._shards:
+                shard.clear()
+            self._retired.clear()
             self._latencies.clear()
 
     def tier_snapshot(self) -> TierStats:
@@ -145,3 +190,10 @@ class Counters:
             latency_p90_us=percentile(samples, 90),
             latency_p99_us=percentile(samples, 99),
         )
+
+
+def _retire(counters: weakref.ref[Counters], counts: dict[str, int]) -> None:
+    """A thread ended: fold its counts into its counters' retired counts, if they live."""
+    owner = counters()
+    if owner is not None:
+        owner._retire(counts)

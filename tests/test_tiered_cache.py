@@ -471,3 +471,14 @@ def test_the_memo_is_bounded_and_off_under_an_in_process_tier(tmp_path: Path) ->
     assert _disk_key("big") not in memo._entries  # one value may not push out the rest
     assert _disk_key("p9") in memo._entries
     assert TieredCache(l2=DiskTier(tmp_path))._layers.decoded is None  # L1 keeps records
+
+
+def test_peeked_memory_hits_are_timed_by_sample() -> None:
+    cache = TieredCache(l2=None)
+    cache.update("p", "l", ANSWER)
+    for _ in range(64):
+        assert cache.lookup("p", "l") is not None
+    memory = cache.stats().tiers["memory"]
+    assert memory.hits == 64
+    assert len(cache._layers._counters[0]._latencies) == 64 // 8  # one read in eight
+    assert memory.latency_p50_us > 0
