@@ -18,7 +18,8 @@ on a hit. Latencies are per call (from that call's own start, so in the
 concurrent scenario they include waiting for the others); lookups/s is calls
 divided by the wall time of the rounds. Every timed call must be a hit: the
 run aborts if the simulator sees a request while timing. RedisTier runs with
-L1 off, so every hit is a Redis round trip.
+L1 off, so every hit is a Redis round trip (a repeated hit reuses the record
+decoded from the same bytes, ``tiers.DecodedMemo``, but reads them every time).
 
     python benchmarks/overhead_redis.py          # full: results/overhead_redis.*
     python benchmarks/overhead_redis.py --quick  # CI: results/overhead_redis-quick.*
