@@ -113,18 +113,14 @@ class Counters:
         self._latencies: deque[float] = deque(maxlen=_SAMPLES)
         self._logged: set[str] = set()
 
-    def _own_counts(self) -> dict[str, int]:
-        try:
-            counts: dict[str, int] = self._local.shard.counts
-        except AttributeError:
-            shard = self._local.shard = _Shard()
-            counts = shard.counts
-            with self._lock:
-                self._shards.append(counts)
-            # The thread-local shard dies with its thread: keep what it counted.
-            # (A weak reference: the finalizer must not keep these counters alive.)
-            weakref.finalize(shard, _retire, weakref.ref(self), counts)
-        return counts
+    def _new_shard(self) -> dict[str, int]:
+        """This thread's first count: a dict of its own, folded in when the thread ends."""
+        shard = self._local.shard = _Shard()
+        with self._lock:
+            self._shards.append(shard.counts)
+        # A weak reference: the finalizer must not keep these counters alive.
+        weakref.finalize(shard, _retire, weakref.ref(self), shard.counts)
+        return shard.counts
 
     def _retire(self, counts: dict[str, int]) -> None:
         with self._lock:
@@ -133,12 +129,18 @@ class Counters:
             self._shards = [shard for shard in self._shards if shard is not counts]
 
     def add(self, counter: str, amount: int = 1) -> None:
-        counts = self._own_counts()
+        try:
+            counts: dict[str, int] = self._local.shard.counts
+        except AttributeError:
+            counts = self._new_shard()
         counts[counter] = counts.get(counter, 0) + amount
 
     def add_hit(self, tokens: int) -> None:
         """A hit and the tokens it saved (the commonest count)."""
-        counts = self._own_counts()
+        try:
+            counts: dict[str, int] = self._local.shard.counts
+        except AttributeError:
+            counts = self._new_shard()
         counts["hits"] = counts.get("hits", 0) + 1
         counts["tokens_saved"] = counts.get("tokens_saved", 0) + tokens
 

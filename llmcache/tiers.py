@@ -304,13 +304,12 @@ class Layers:
         # Local tiers are read on the spot (see InlineAsync): a hit on them
         # never passes through a driver, which halves the cost of a memory hit.
         self._inline = tuple(isinstance(tier, InlineAsync) for tier in self.tiers)
-        self._peekable = (
-            bool(self._inline)
-            and self._inline[0]
-            and (getattr(self.tiers[0], "returns_stored_object", False) is True)
+        top_keeps_records = bool(self.tiers) and (
+            getattr(self.tiers[0], "returns_stored_object", False) is True
         )
+        self._peekable = bool(self._inline) and self._inline[0] and top_keeps_records
         self._peeks = 0
-        top_keeps_records = getattr(self.tiers[0], "returns_stored_object", False) is True
+        # Under a top tier that keeps records, a promoted copy already does the memo's job.
         self.decoded = None if top_keeps_records else DecodedMemo()
 
     def attach(self, target: Any) -> int:
