@@ -177,3 +177,19 @@ def test_disk_reads_after_close_reopen(tmp_path: Path) -> None:
     tier.close()
     assert tier.get("n:k") == b"v"  # a new connection, not the closed one
     tier.close()
+
+
+def test_disk_reads_fall_back_to_diskcache_when_the_direct_read_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmcache.backends.disk as disk_module
+
+    tier = DiskTier(tmp_path / "d")
+    tier.set("n:small", b"v")
+    tier.set("n:large", bytes(range(256)) * 1024)  # kept in a file, not inline
+    # A statement SQLite refuses, as a busy database or another schema would.
+    monkeypatch.setattr(disk_module, "_SELECT_INLINE", "SELECT no_such_column FROM Cache")
+    assert tier.get("n:small") == b"v"
+    assert tier.get("n:large") == bytes(range(256)) * 1024
+    assert tier.get("n:absent") is None
+    tier.close()

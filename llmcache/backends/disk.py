@@ -36,8 +36,9 @@ from llmcache.tiers import InlineAsync
 __all__ = ["DiskTier"]
 
 _NOT_OURS = b""
-# diskcache's own read, less its bookkeeping (its schema has been stable since
-# diskcache 3; the contract tests read and write through both paths).
+# diskcache's own read, less its bookkeeping, on diskcache 5's Cache table
+# (pyproject pins diskcache below 6). Were the table ever different, the
+# statement would fail and every read would take Cache.get instead.
 _SELECT_INLINE = (
     "SELECT mode, value FROM Cache"
     " WHERE key = ? AND raw = 1 AND (expire_time IS NULL OR expire_time > ?)"
@@ -154,7 +155,7 @@ class DiskTier(InlineAsync):
         try:
             row = connection.execute(_SELECT_INLINE, (key, time.time())).fetchone()
         except sqlite3.OperationalError:
-            row = ()  # busy past SQLite's own wait: diskcache's read retries
+            row = ()  # busy past SQLite's own wait (or not our schema): diskcache's read
         if row is None:
             return None
         if row and row[0] == diskcache.core.MODE_RAW and type(row[1]) is bytes:
