@@ -119,7 +119,7 @@ class Counters:
         with self._lock:
             self._shards.append(shard.counts)
         # A weak reference: the finalizer must not keep these counters alive.
-        weakref.finalize(shard, _retire, weakref.ref(self), shard.counts)
+        weakref.finalize(shard, _retire_shard, weakref.ref(self), shard.counts)
         return shard.counts
 
     def _retire(self, counts: dict[str, int]) -> None:
@@ -127,6 +127,9 @@ class Counters:
             for counter, amount in counts.items():
                 self._retired[counter] = self._retired.get(counter, 0) + amount
             self._shards = [shard for shard in self._shards if shard is not counts]
+
+    # add and add_hit each fetch this thread's dict inline: a helper call would
+    # cost as much as the count itself, on every hit.
 
     def add(self, counter: str, amount: int = 1) -> None:
         try:
@@ -194,7 +197,7 @@ class Counters:
         )
 
 
-def _retire(counters: weakref.ref[Counters], counts: dict[str, int]) -> None:
+def _retire_shard(counters: weakref.ref[Counters], counts: dict[str, int]) -> None:
     """A thread ended: fold its counts into its counters' retired counts, if they live."""
     owner = counters()
     if owner is not None:

@@ -23,9 +23,12 @@ def test_counts_from_many_threads_are_exact() -> None:
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:
         thread.start()
-    assert counters.get("hits") <= 8 * 20_000  # readable while threads count
+    seen = [counters.get("hits")]
+    while any(thread.is_alive() for thread in threads):  # read while they count
+        seen.append(counters.get("hits"))
     for thread in threads:
         thread.join()
+    assert seen == sorted(seen)  # a total never goes back: no count lost or undone
     assert counters.get("misses") == counters.get("hits") == 8 * 20_000
     assert counters.get("tokens_saved") == 3 * 8 * 20_000
 
@@ -38,7 +41,7 @@ def test_counts_of_ended_threads_are_kept_and_their_shards_dropped() -> None:
         thread.join()
     gc.collect()
     assert counters.get("hits") == 50
-    assert len(counters._shards) <= 1  # the ended threads' dicts were folded in
+    assert counters._shards == []  # the ended threads' dicts were folded in
     with ThreadPoolExecutor(4) as pool:  # a pool's threads live on, and so do their counts
         list(pool.map(lambda _: counters.add("hits", 2), range(100)))
     assert counters.get("hits") == 250
