@@ -1,4 +1,4 @@
-"""The ``llmcache`` command: demo, simulate, stats, clear.
+"""The ``llmcache`` command: demo, simulate, stats, namespaces, clear, invalidate, gc.
 
 Each subcommand is a pair: ``_add_<name>(subparsers)`` declares its arguments and sets
 ``handler``; ``_<name>(args) -> int`` does the work, importing anything heavy inside.
@@ -139,6 +139,12 @@ def _add_store_arguments(parser: argparse.ArgumentParser, namespace_help: str) -
     )
 
 
+_ONE_NAMESPACE_HELP = (
+    "the namespace (needed when the store holds any namespace but 'default';"
+    " `llmcache namespaces` lists them)"
+)
+
+
 def _add_stats(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "stats", help="entries and bytes per namespace in a cache directory or Redis"
@@ -151,7 +157,7 @@ def _add_clear(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "clear", help="remove one namespace's entries, leaving other namespaces alone"
     )
-    _add_store_arguments(parser, "the namespace to remove (default: 'default')")
+    _add_store_arguments(parser, _ONE_NAMESPACE_HELP)
     parser.set_defaults(handler=_clear)
 
 
@@ -189,9 +195,49 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(r)) for r in cells]
 
 
+def _add_namespaces(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "namespaces", help="the namespaces a cache directory or Redis holds, with entry counts"
+    )
+    _add_store_arguments(parser, argparse.SUPPRESS)
+    parser.set_defaults(handler=_namespaces)
+
+
+def _namespaces(args: argparse.Namespace) -> int:
+    where, counts = _inventory(args, None)
+    if not counts:
+        print(f"{where}: no namespaces")
+        return 0
+    print(where)
+    rows = [("namespace", "entries")] + [
+        (name, str(counts[name].entries)) for name in sorted(counts)
+    ]
+    for line in _table(rows):
+        print(f"  {line}")
+    return 0
+
+
+def _chosen_namespace(args: argparse.Namespace, counts: dict[str, _Count], verb: str) -> str:
+    """``--namespace``, or 'default' when the store holds no other; else refuse, listing them.
+
+    A command that changes a store must not guess: acting on 'default' in a
+    store that holds other namespaces would report success and do nothing the
+    user meant.
+    """
+    if args.namespace is not None:
+        return validate_namespace(args.namespace)
+    others = sorted(name for name in counts if name != "default")
+    if others:
+        held = ", ".join(f"{name} ({counts[name].entries} entries)" for name in sorted(counts))
+        raise ConfigurationError(
+            f"this store holds several namespaces: {held}; say which to {verb} with --namespace"
+        )
+    return "default"
+
+
 def _clear(args: argparse.Namespace) -> int:
-    namespace = validate_namespace("default" if args.namespace is None else args.namespace)
-    where, before = _inventory(args, None)
+    where, before = _inventory(args, None, must_exist=True)
+    namespace = _chosen_namespace(args, before, "clear")
     tier = _tier(args)
     try:
         tier.clear(namespace)
@@ -226,17 +272,32 @@ def _tier(args: argparse.Namespace) -> Any:
 def _directory(args: argparse.Namespace) -> Path:
     if args.dir is not None:
         return Path(args.dir).expanduser()
-    from llmcache.langchain_adapter import default_directory
+    from llmcache.config import default_directory
 
     return default_directory()
 
 
-def _inventory(args: argparse.Namespace, namespace: str | None) -> tuple[str, dict[str, _Count]]:
-    """(where, counts per namespace) of the store the arguments name."""
+def _holds_a_store(directory: Path) -> bool:
+    """A cache directory has diskcache's database, or a DiskTier's version store."""
+    return (directory / "cache.db").is_file() or (directory / "versions.sqlite").is_file()
+
+
+def _inventory(
+    args: argparse.Namespace, namespace: str | None, *, must_exist: bool = False
+) -> tuple[str, dict[str, _Count]]:
+    """(where, counts per namespace) of the store the arguments name.
+
+    A ``--dir`` that holds no cache is an error (a typo must not pass for an
+    empty cache, nor have a cache created in it), and so is any directory
+    that a command which writes (``must_exist``) is pointed at.
+    """
     if args.url is not None:
         where = f"redis {_redact(args.url)} prefix {args.prefix!r}"
         return where, _redis_counts(args.url, args.prefix, namespace)
     directory = _directory(args)
+    if (must_exist or args.dir is not None) and not _holds_a_store(directory):
+        given = "--dir" if args.dir is not None else "the default directory ($LLMCACHE_DIR)"
+        raise ConfigurationError(f"{given} {directory} holds no llmcache store (no cache.db)")
     return f"disk {directory}", _disk_counts(directory, namespace)
 
 
@@ -317,7 +378,7 @@ def _add_invalidate(subparsers: _Subparsers) -> None:
         help="make every entry that depends on these names stale, in every process",
     )
     parser.add_argument("names", nargs="+", metavar="NAME", help="dependency names, e.g. doc:42")
-    _add_store_arguments(parser, "the namespace (default: 'default')")
+    _add_store_arguments(parser, _ONE_NAMESPACE_HELP)
     parser.set_defaults(handler=_invalidate)
 
 
@@ -325,20 +386,21 @@ def _add_gc(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "gc", help="delete a namespace's expired, stale (invalidated) and garbled entries"
     )
-    _add_store_arguments(parser, "the namespace (default: 'default')")
+    _add_store_arguments(parser, _ONE_NAMESPACE_HELP)
     parser.set_defaults(handler=_gc)
 
 
-def _cache_over(args: argparse.Namespace) -> Any:
+def _cache_over(args: argparse.Namespace, verb: str) -> Any:
     """A TieredCache with no L1 over the store the arguments name (its versions too)."""
     from llmcache.langchain_adapter import TieredCache
 
-    namespace = validate_namespace("default" if args.namespace is None else args.namespace)
+    _, counts = _inventory(args, None, must_exist=True)
+    namespace = _chosen_namespace(args, counts, verb)
     return TieredCache(l1=None, l2=_tier(args), namespace=namespace)
 
 
 def _invalidate(args: argparse.Namespace) -> int:
-    cache = _cache_over(args)
+    cache = _cache_over(args, "invalidate")
     try:
         cache.invalidate(*args.names)
     finally:
@@ -349,7 +411,7 @@ def _invalidate(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    cache = _cache_over(args)
+    cache = _cache_over(args, "collect")
     try:
         report = cache.gc()
     except LLMCacheError:
@@ -371,6 +433,7 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_demo,
     _add_simulate,
     _add_stats,
+    _add_namespaces,
     _add_clear,
     _add_invalidate,
     _add_gc,

@@ -8,17 +8,25 @@ with blocking calls (``lookup``/``update``) or awaits (``alookup``/``aupdate``).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
 from llmcache.backends.disk import DiskTier
-from llmcache.backends.memory import MemoryTier
 from llmcache.coalesce import Coalescer, WaitBound, remote_leases
+from llmcache.config import (
+    DEFAULT,
+    Default,
+    check_ttl,
+    default_directory,
+    is_redis_tier,
+    resolve_l1,
+    resolve_l2,
+)
 from llmcache.errors import ConfigurationError, SerializationError, TierError
 from llmcache.generations import compile_template, dump_generations
 from llmcache.invalidation import (
@@ -38,20 +46,8 @@ from llmcache.tiers import Flow, Layers, Tier
 __all__ = ["TieredCache", "default_directory"]
 
 
-class _Default:
-    """Marks an argument left out, where ``None`` means "switched off"."""
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT: Final = _Default()
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
-def default_directory() -> Path:
-    """``$LLMCACHE_DIR``, else ``~/.cache/llmcache``."""
-    return Path(os.environ.get("LLMCACHE_DIR") or "~/.cache/llmcache").expanduser()
+logger = logging.getLogger("llmcache")
+_warned_unsigned_shared = False
 
 
 class TieredCache(BaseCache):
@@ -72,11 +68,11 @@ class TieredCache(BaseCache):
     def __init__(
         self,
         *,
-        l1: Tier | _Default | None = DEFAULT,
-        l2: Tier | str | os.PathLike[str] | _Default | None = DEFAULT,
+        l1: Tier | Default | None = DEFAULT,
+        l2: Tier | str | os.PathLike[str] | Default | None = DEFAULT,
         namespace: str = "default",
         ttl: float | None = None,
-        secret: str | bytes | _Default | None = DEFAULT,
+        secret: str | bytes | Default | None = DEFAULT,
         dependencies: DependencyRules | None = None,
         versions: VersionStore | None = None,
         clock: Callable[[], float] = time.time,
@@ -86,16 +82,16 @@ class TieredCache(BaseCache):
         coalesce_lease: float = 10.0,
     ) -> None:
         self.namespace = validate_namespace(namespace)
-        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
-            raise ConfigurationError(f"ttl must be a positive number of seconds or None: {ttl!r}")
-        self.ttl = ttl
-        tiers = [tier for tier in (_l1_tier(l1), _l2_tier(l2)) if tier is not None]
+        self.ttl = check_ttl(ttl)
+        tiers = [tier for tier in (resolve_l1(l1), resolve_l2(l2)) if tier is not None]
         if not tiers:
             raise ConfigurationError("at least one tier is needed (l1 and l2 are both None)")
-        if isinstance(secret, _Default):
+        if isinstance(secret, Default):
             signer = Signer.from_env()
         else:
             signer = None if secret is None else Signer.from_secret(secret)
+        if signer is None and any(is_redis_tier(tier) for tier in tiers):
+            _warn_unsigned_shared()
         self._layers = Layers(
             tiers,
             versions=versions if versions is not None else _default_versions(tiers),
@@ -319,7 +315,7 @@ def _dependency_names(names: Iterable[str]) -> frozenset[str]:
 def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
     """Versions shared as widely as the widest tier: Redis, else the disk's host, else memory."""
     for tier in reversed(tiers):
-        if type(tier).__name__ == "RedisTier":  # no import: redis is an optional extra
+        if is_redis_tier(tier):  # no import: redis is an optional extra
             from llmcache.backends.redis_versions import RedisVersions
 
             return RedisVersions(tier)  # type: ignore[arg-type]
@@ -328,21 +324,13 @@ def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
     return MemoryVersions()
 
 
-def _l1_tier(l1: Tier | _Default | None) -> Tier | None:
-    return MemoryTier() if isinstance(l1, _Default) else l1
-
-
-def _l2_tier(l2: Tier | str | os.PathLike[str] | _Default | None) -> Tier | None:
-    if isinstance(l2, _Default):
-        return DiskTier(default_directory())
-    if isinstance(l2, str) and l2.startswith(_REDIS_SCHEMES):
-        try:
-            from llmcache.backends.redis import RedisTier
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigurationError(
-                "a Redis L2 needs the redis extra: pip install 'llmcache[redis]'"
-            ) from exc
-        return RedisTier(l2)
-    if isinstance(l2, (str, os.PathLike)):
-        return DiskTier(l2)
-    return l2
+def _warn_unsigned_shared() -> None:
+    """Once per process: a shared store without a secret trusts whoever can write to it."""
+    global _warned_unsigned_shared
+    if not _warned_unsigned_shared:
+        _warned_unsigned_shared = True
+        logger.warning(
+            "llmcache: a Redis L2 with no LLMCACHE_SECRET: anyone who can write to that"
+            " server can plant answers that every process will serve. Set LLMCACHE_SECRET"
+            " (README, 'What it guarantees') to sign and verify every stored value."
+        )

@@ -43,12 +43,12 @@ from redis.exceptions import ClusterDownError, RedisClusterException, ResponseEr
 
 from llmcache.backends.breaker import CircuitBreaker
 from llmcache.backends.redis_batch import AutoBatcher, PerLoop, Result, run_cluster, run_single
+from llmcache.config import check_redis_url
 from llmcache.errors import ConfigurationError, TierError
 from llmcache.keys import namespace_prefix
 
 __all__ = ["RedisTier", "close_sync_client"]
 
-_SCHEMES = ("redis://", "rediss://", "unix://")
 _SCAN_COUNT = 1000
 # What a client of one kind needs from a client of the other kind to reach the same server.
 _PORTABLE = ("host", "port", "db", "username", "password", "client_name", "protocol",
@@ -108,8 +108,8 @@ class RedisTier:
             raise ConfigurationError("RedisTier needs a URL, or a client and/or async_client")
         if url is not None and (client is not None or async_client is not None):
             raise ConfigurationError("pass either a URL or clients, not both")
-        if url is not None and not (isinstance(url, str) and url.startswith(_SCHEMES)):
-            raise ConfigurationError(f"a Redis URL starts with one of {_SCHEMES}: {url!r}")
+        if url is not None:
+            check_redis_url(url)
         cluster = (
             cluster
             or isinstance(client, redis.cluster.RedisCluster)
