@@ -22,6 +22,7 @@ Version stores, matching the deployment:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import fcntl
 import mmap
@@ -254,7 +255,7 @@ class DiskVersions(_LocalOnly):
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _roll_back(db)
                 raise
             self._advance_epoch(epoch_map)
             self._local.clear()
@@ -277,6 +278,18 @@ class DiskVersions(_LocalOnly):
             if self._map is not None:
                 self._map.close()
             self._db = self._map = None
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Undo an open transaction, and never hide why it failed.
+
+    On some errors (a full disk: SQLITE_FULL) SQLite has already rolled the
+    transaction back, and a ROLLBACK then raises "no transaction is active",
+    which would replace the real cause in the caller's traceback.
+    """
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class PendingSnapshots:

@@ -152,7 +152,7 @@ class TieredCache(BaseCache):
         try:
             self._layers.versions.bump(self.namespace, checked)
         except Exception as exc:
-            raise TierError(f"could not invalidate {sorted(checked)}: {exc}") from exc
+            raise TierError(f"could not invalidate {_listed(checked)}: {exc}") from exc
 
     def gc(self) -> dict[str, dict[str, int]]:
         """Delete this namespace's expired, stale and garbled entries, tier by tier.
@@ -178,7 +178,7 @@ class TieredCache(BaseCache):
         try:
             await self._layers.versions.abump(self.namespace, checked)
         except Exception as exc:
-            raise TierError(f"could not invalidate {sorted(checked)}: {exc}") from exc
+            raise TierError(f"could not invalidate {_listed(checked)}: {exc}") from exc
 
     def stats(self) -> CacheStats:
         """Hits, misses, errors and latency per tier; tokens saved by hits."""
@@ -310,6 +310,13 @@ def _dependency_names(names: Iterable[str]) -> frozenset[str]:
     if isinstance(names, str):
         raise ConfigurationError("dependencies are a collection of names, not one string")
     return frozenset(validate_dependency(name) for name in names)
+
+
+def _listed(names: frozenset[str], most: int = 5) -> str:
+    """Names for an error message: a few, and how many more."""
+    shown = sorted(names)[:most]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(repr(name[:80]) for name in shown) + more
 
 
 def _default_versions(tiers: Sequence[Tier]) -> VersionStore:

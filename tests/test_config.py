@@ -41,9 +41,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("", "neither a Redis URL nor a directory path"),
     ],
 )
-def test_an_l2_string_is_a_valid_url_or_plainly_a_path(
-    l2: str, says: str, workdir: Path
-) -> None:
+def test_an_l2_string_is_a_valid_url_or_plainly_a_path(l2: str, says: str, workdir: Path) -> None:
     with pytest.raises(ConfigurationError, match=f"l2={l2!r}") as raised:
         TieredCache(l2=l2)
     assert says in str(raised.value)

@@ -16,24 +16,35 @@ which is a sixth of a disk hit. Only the common row, a value stored inline,
 is read that way; everything else (values kept in files, rows of another
 writer, a busy database) takes ``Cache.get``. Writes, culling and expiry are
 all diskcache's.
+
+A damaged database (SQLite reports it corrupt, or not a database) is moved
+aside and recreated (``disk_repair.py``): logged, counted in ``repairs``, and
+the cache serves again from the next call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 
+from llmcache.backends.disk_repair import database_identity, is_corruption, move_aside_if_damaged
 from llmcache.errors import ConfigurationError
 from llmcache.keys import namespace_prefix
 from llmcache.tiers import InlineAsync
 
 __all__ = ["DiskTier"]
+
+logger = logging.getLogger("llmcache")
+T = TypeVar("T")
 
 _NOT_OURS = b""
 # diskcache's own read, less its bookkeeping, on diskcache 5's Cache table
@@ -122,6 +133,9 @@ class DiskTier(InlineAsync):
         self._forks = -1  # the fork count when _cache was opened
         # Per thread: (the Cache it belongs to, that thread's SQLite connection).
         self._readers = threading.local()
+        self._identity: tuple[int, int] | None = None  # of the cache.db we opened
+        #: How many times a damaged database was moved aside and recreated.
+        self.repairs = 0
 
     def _open(self, *, create: bool) -> diskcache.Cache | None:
         cache = self._cache
@@ -132,18 +146,77 @@ class DiskTier(InlineAsync):
                 return self._cache
             if not create and not self.path.is_dir():
                 return None  # nothing written yet: don't create a directory to read it
-            self._cache = diskcache.Cache(
-                str(self.path),
-                disk=_BytesOnlyDisk,
-                size_limit=self.size_limit,
-                timeout=self.timeout,
-                tag_index=True,
-                eviction_policy="least-recently-stored",
-            )
+            try:
+                self._cache = self._new_cache()
+            except sqlite3.DatabaseError as exc:
+                if not is_corruption(exc):
+                    raise
+                self._repair_locked(exc)
+                self._cache = self._new_cache()
+            self._identity = database_identity(self.path)
             self._forks = _Forks.count
             return self._cache
 
+    def _new_cache(self) -> diskcache.Cache:
+        return diskcache.Cache(
+            str(self.path),
+            disk=_BytesOnlyDisk,
+            size_limit=self.size_limit,
+            timeout=self.timeout,
+            tag_index=True,
+            eviction_policy="least-recently-stored",
+        )
+
+    def _repair_locked(self, exc: sqlite3.DatabaseError) -> None:
+        """Close, move the damaged database aside (if nobody has yet), forget the connections.
+
+        Called with ``self._lock`` held. The next operation opens a new database.
+        """
+        if self._cache is not None:
+            # Closing a damaged database may fail too; it is being dropped anyway.
+            with contextlib.suppress(sqlite3.Error):
+                self._cache.close()
+        self._cache = None
+        self._readers = threading.local()
+        moved = move_aside_if_damaged(self.path, self._identity)
+        self._identity = None
+        if moved is not None:
+            self.repairs += 1
+            logger.warning(
+                "llmcache %s: %s was damaged (%s); moved it to %s and started a new one",
+                self.name,
+                self.path / "cache.db",
+                exc,
+                moved.name,
+            )
+
+    def _heal(self, exc: sqlite3.DatabaseError) -> None:
+        with self._lock:
+            self._repair_locked(exc)
+
+    def _guarded(self, operation: Callable[[], T], *, retry: bool) -> T:
+        """Run ``operation``; on a damaged database, heal it, then retry once or re-raise."""
+        try:
+            return operation()
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            self._heal(exc)
+            if not retry:
+                raise
+        return operation()
+
     def get(self, key: str) -> bytes | None:
+        try:
+            return self._get(key)
+        except sqlite3.DatabaseError as exc:
+            # This read is a miss either way (the layers count it); the next one
+            # finds a sound database.
+            if is_corruption(exc):
+                self._heal(exc)
+            raise
+
+    def _get(self, key: str) -> bytes | None:
         reader: tuple[diskcache.Cache, sqlite3.Connection] | None
         reader = getattr(self._readers, "reader", None)
         if reader is None or reader[0] is not self._cache or self._forks != _Forks.count:
@@ -164,32 +237,53 @@ class DiskTier(InlineAsync):
         return value
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self._guarded(lambda: self._set(key, value, ttl), retry=True)
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         cache = self._open(create=True)
+        if self._identity != database_identity(self.path):
+            # Another process moved a damaged database aside: write where
+            # everyone reads. (A stat per write; writes follow model calls.)
+            with self._lock:
+                stale, self._cache = self._cache, None
+            if stale is not None:
+                stale.close()
+            cache = self._open(create=True)
         assert cache is not None
         namespace = key.split(":", 1)[0]
         cache.set(key, value, expire=ttl, tag=namespace, retry=True)
 
     def delete(self, key: str) -> None:
-        cache = self._open(create=False)
-        if cache is not None:
-            cache.delete(key, retry=True)
+        def delete() -> None:
+            cache = self._open(create=False)
+            if cache is not None:
+                cache.delete(key, retry=True)
+
+        self._guarded(delete, retry=True)
 
     def clear(self, namespace: str) -> None:
         """Remove this namespace's entries (by tag), and nothing else."""
-        cache = self._open(create=False)
-        if cache is None:
-            return
-        # Every entry is tagged with its namespace when written; the tag index
-        # makes this a range delete, not a scan of the whole directory.
-        cache.evict(namespace, retry=True)
+
+        def clear() -> None:
+            cache = self._open(create=False)
+            if cache is not None:
+                # Every entry is tagged with its namespace when written; the tag
+                # index makes this a range delete, not a scan of the directory.
+                cache.evict(namespace, retry=True)
+
+        self._guarded(clear, retry=True)
 
     def keys(self, namespace: str) -> list[str]:
         """Every key of ``namespace``: a scan, for maintenance jobs (``llmcache gc``)."""
-        cache = self._open(create=False)
-        if cache is None:
-            return []
-        prefix = namespace_prefix(namespace)
-        return [k for k in cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
+
+        def keys() -> list[str]:
+            cache = self._open(create=False)
+            if cache is None:
+                return []
+            prefix = namespace_prefix(namespace)
+            return [k for k in cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
+
+        return self._guarded(keys, retry=True)
 
     def expire(self) -> int:
         """Remove expired entries now (diskcache also does it while culling)."""
