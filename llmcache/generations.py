@@ -91,11 +91,20 @@ def _dump_one(generation: Generation) -> dict[str, Any]:
         message_name = type(message).__name__
         if _MESSAGES.get(message_name) is not type(message):
             raise SerializationError(f"cannot cache a {type(message).__qualname__}")
-        item["message"] = {
-            "type": message_name,
-            "fields": message.model_dump(mode="json", exclude={"type"}),
-        }
+        fields = message.model_dump(mode="json", exclude={"type"})
+        item["message"] = {"type": message_name, "fields": fields}
+        item["text"] = _shared_text(item["text"], fields)
     return item
+
+
+def _shared_text(text: Any, fields: Any) -> Any:
+    """The message's own content string when the generation's text equals it.
+
+    A chat generation's text is a copy of its message's content: one string
+    object for both halves the memory a kept answer needs.
+    """
+    content = fields.get("content") if type(fields) is dict else None
+    return content if type(content) is str and content == text else text
 
 
 @dataclass(slots=True)
@@ -200,6 +209,7 @@ def _compile_one(item: Any, *, reusable: bool) -> _Part:
     message_cls, fields, complete = (None, None, False)
     if issubclass(cls, ChatGeneration):
         message_cls, fields = _compile_message(item.get("message"))
+        text = _shared_text(text, fields)  # parsed from JSON, they are two objects
         # The schema check let through only declared fields other than type; with
         # id and type added, the count tells whether every declared one is there.
         added = 1 + ("id" not in fields)

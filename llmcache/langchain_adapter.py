@@ -294,14 +294,22 @@ class TieredCache(BaseCache):
         derived = record.derived
         template = derived.get("generations")
         if template is None:
+            payload = record.payload
+            if payload is None:  # another thread compiled it meanwhile, and let it go
+                template = derived.get("generations")
+        if template is None:
             try:
-                template = compile_template(record.payload, owned=owned, reusable=retained)
+                template = compile_template(payload, owned=owned, reusable=retained)
             except SerializationError as exc:
                 self._counters.failure("errors", "decode generations", exc)
                 self._counters.add("misses")
                 return None
             if retained:
                 derived["generations"] = template
+                # The template holds all that later hits need: keeping the parsed
+                # payload too would hold every answer twice (template first, so a
+                # thread that finds no payload finds the template).
+                record.payload = None
         self._counters.add_hit(template.tokens)
         return template.build()
 

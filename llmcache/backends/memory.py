@@ -1,21 +1,52 @@
-"""MemoryTier: the in-process L1, a true LRU bounded by entries and by bytes."""
+"""MemoryTier: the in-process L1, a true LRU bounded by entries and by bytes.
+
+``max_bytes`` bounds the memory the entries really hold, not the length of
+the stored bytes: an entry written or promoted by the layers also keeps the
+record those bytes encode (its parsed payload, and later the compiled view a
+reader builds from it), which for a typical answer is several times the
+stored bytes. :func:`entry_size` charges all of it, once, when the entry is
+stored; ``tests/test_memory_bound.py`` holds it to what ``tracemalloc`` sees.
+"""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from llmcache.errors import ConfigurationError
 from llmcache.keys import namespace_prefix
+from llmcache.serialization import Encoded
 from llmcache.tiers import InlineAsync
 
-__all__ = ["MemoryTier"]
+__all__ = ["MemoryTier", "entry_size"]
 
-# Bytes charged per entry on top of key and value: the OrderedDict node, the
-# tuple and the two objects' headers. An estimate, so ``max_bytes`` tracks RSS.
-_ENTRY_OVERHEAD = 160
+# Bytes per entry on top of its key and value objects: the OrderedDict node
+# and its hash-table slot, and the (value, expiry, cost) tuple.
+_ENTRY_OVERHEAD = 200
+# What an Encoded's record adds besides its payload: the bytes' instance
+# dict (record, key), the Record with its ``derived`` and dependency dicts,
+# and a reader's compiled view (generations.Template: its parts and copying
+# closures). Fitted with tracemalloc on chat, tool-call and plain answers;
+# tests/test_memory_bound.py holds the whole estimate to what it measures.
+_RECORD_OVERHEAD = 400
+
+
+def entry_size(key: str, value: bytes) -> int:
+    """The bytes an entry holds in this process: key, stored bytes and decoded record.
+
+    A record's payload is held once, then replaced by the compiled view a hit
+    builds (which keeps a private copy of every container and shares the
+    strings): containers count twice, strings once.
+    """
+    size = _ENTRY_OVERHEAD + sys.getsizeof(key) + sys.getsizeof(value)
+    if type(value) is Encoded:
+        containers, leaves = json_size(value.record.payload)
+        size += _RECORD_OVERHEAD + 2 * containers + leaves
+    return size
 
 
 class MemoryTier(InlineAsync):
@@ -37,6 +68,7 @@ class MemoryTier(InlineAsync):
         *,
         ttl: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        size: Callable[[str, bytes], int] = entry_size,
         name: str = "memory",
     ) -> None:
         if max_entries < 1:
@@ -50,8 +82,10 @@ class MemoryTier(InlineAsync):
         self.max_bytes = max_bytes
         self.default_ttl = ttl
         self._clock = clock
+        self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        # key -> (value, expires_at, the bytes charged for it)
+        self._entries: OrderedDict[str, tuple[bytes, float | None, int]] = OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -68,7 +102,7 @@ class MemoryTier(InlineAsync):
         entry = self._entries.get(key)
         if entry is None:
             return None
-        value, expires_at = entry
+        value, expires_at, _ = entry
         if expires_at is not None and self._clock() >= expires_at:
             with self._lock:
                 if self._entries.get(key) is entry:
@@ -82,19 +116,19 @@ class MemoryTier(InlineAsync):
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         ttl = self.default_ttl if ttl is None else ttl
-        cost = _cost(key, value)
+        cost = self._size(key, value)  # outside the lock: it walks the record
         with self._lock:
             if key in self._entries:
                 self._remove(key)
             if cost > self.max_bytes:
                 return
             expires_at = None if ttl is None else self._clock() + ttl
-            self._entries[key] = (value, expires_at)
+            self._entries[key] = (value, expires_at, cost)
             self._bytes += cost
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 # popitem, not next(iter()): a lock-free get may move an entry meanwhile.
-                oldest, (old_value, _) = self._entries.popitem(last=False)
-                self._bytes -= _cost(oldest, old_value)
+                _, (_, _, charged) = self._entries.popitem(last=False)
+                self._bytes -= charged
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -112,9 +146,39 @@ class MemoryTier(InlineAsync):
         """Nothing to release; present for the Tier interface."""
 
     def _remove(self, key: str) -> None:
-        value, _ = self._entries.pop(key)
-        self._bytes -= _cost(key, value)
+        _, _, charged = self._entries.pop(key)
+        self._bytes -= charged
 
 
-def _cost(key: str, value: bytes) -> int:
-    return len(key) + len(value) + _ENTRY_OVERHEAD
+def json_size(value: Any) -> tuple[int, int]:
+    """(bytes in containers, bytes in leaves) of a JSON value in memory.
+
+    ``sys.getsizeof`` of each dict and list, and of each string and number in
+    them, a long string once however often it stands (a chat answer's text
+    and its message content are one object). Dict keys are not counted: they
+    are the same few interned names in every payload. Iterative: payloads
+    may nest deep. A few microseconds for an answer, paid when it is stored.
+    """
+    sizeof = sys.getsizeof
+    containers = leaves = 0
+    seen: set[int] = set()
+    stack: list[Any] = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str:
+            if len(item) > 256:
+                if id(item) in seen:
+                    continue
+                seen.add(id(item))
+            leaves += sizeof(item)
+        elif kind is dict:
+            containers += sizeof(item)
+            extend(item.values())
+        elif kind is list:
+            containers += sizeof(item)
+            extend(item)
+        elif item is not None and kind is not bool:
+            leaves += sizeof(item)
+    return containers, leaves
