@@ -92,27 +92,46 @@ def namespace_prefix(namespace: str) -> str:
 
 
 class KeyMemo:
-    """Remembers recent keys: hashing a repeated prompt costs a dict lookup, not a sha256.
+    """Remembers recent keys: hashing a repeated prompt costs a dict lookup, not a parse.
 
-    Bounded by entries and by prompt length, and emptied whole when full; the
-    function is pure, so forgetting is always safe.
+    A long conversation is where this matters most (canonicalising 128
+    messages re-reads ~50 KB of JSON), so the bound is on the characters the
+    memo holds, not on the length of one prompt: the oldest entries go first
+    when a new one would pass it. A prompt larger than an eighth of the budget
+    is not kept. The function is pure, so forgetting is always safe.
     """
 
-    def __init__(self, max_entries: int = 4096, max_prompt_chars: int = 16_384) -> None:
+    def __init__(self, max_entries: int = 4096, max_chars: int = 4_000_000) -> None:
         self.max_entries = max_entries
-        self.max_prompt_chars = max_prompt_chars
+        self.max_chars = max_chars
         self._keys: dict[tuple[str, str, str], str] = {}
+        self._chars = 0
 
     def key(self, namespace: str, prompt: str, llm_string: str) -> str:
         memo_key = (namespace, prompt, llm_string)
         found = self._keys.get(memo_key)
-        if found is None:
-            found = cache_key(namespace, prompt, llm_string)
-            if len(prompt) <= self.max_prompt_chars:
-                if len(self._keys) >= self.max_entries:
-                    self._keys.clear()
-                self._keys[memo_key] = found
+        if found is not None:
+            return found
+        found = cache_key(namespace, prompt, llm_string)
+        size = len(prompt) + len(llm_string)
+        if size <= self.max_chars // 8:
+            self._remember(memo_key, found, size)
         return found
+
+    def _remember(self, memo_key: tuple[str, str, str], key: str, size: int) -> None:
+        keys = self._keys
+        # Threads may race here; a lost or doubled entry only costs a recompute,
+        # so evict defensively (pop with a default) rather than take a lock on
+        # the hit path.
+        while keys and (len(keys) >= self.max_entries or self._chars + size > self.max_chars):
+            try:
+                oldest = next(iter(keys))
+            except (StopIteration, RuntimeError):
+                break
+            if keys.pop(oldest, None) is not None:
+                self._chars -= len(oldest[1]) + len(oldest[2])
+        if keys.setdefault(memo_key, key) is key:
+            self._chars += size
 
 
 def cache_key(namespace: str, prompt: str, llm_string: str) -> str:
@@ -136,9 +155,8 @@ def canonical_prompt(prompt: str) -> str:
     """
     if not _may_need_rewrite(prompt):
         return prompt
-    try:
-        messages = json.loads(prompt)
-    except ValueError:
+    messages = _parse_json(prompt)
+    if messages is None:
         return prompt  # a plain-text LLM prompt that merely looks like JSON
     if not isinstance(messages, list) or not all(_is_serialized(m) for m in messages):
         return prompt
@@ -149,6 +167,19 @@ def canonical_prompt(prompt: str) -> str:
             for field in _AI_ONLY_METADATA:
                 kwargs.pop(field, None)
     return json.dumps(messages)
+
+
+def _parse_json(text: str) -> Any | None:
+    """``json.loads(text)``, or None if it is not JSON (or nests too deep to parse).
+
+    Not orjson, though it parses twice as fast: it reads integers beyond 64
+    bits as floats, so two prompts differing only in such a number would
+    share a key.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _may_need_rewrite(prompt: str) -> bool:

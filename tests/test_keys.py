@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -145,6 +147,65 @@ def test_key_memo_agrees_with_the_function_and_stays_bounded() -> None:
         prompt = f"prompt {index % 12}"
         assert memo.key("ns", prompt, "l") == cache_key("ns", prompt, "l")
     assert len(memo._keys) <= 8
+
+
+def test_key_memo_keeps_long_conversations_within_a_character_budget() -> None:
+    # A 128-message history is ~50 KB: it must be remembered (the old memo
+    # refused prompts over 16 K characters, so every lookup re-parsed it), and
+    # the memo must still stay within its character budget.
+    memo = KeyMemo(max_chars=400_000)
+    prompts = [_conversation(128, salt=str(i)) for i in range(12)]
+    assert all(40_000 < len(p) < 50_000 for p in prompts)
+    for prompt in prompts:
+        assert memo.key("ns", prompt, "l") == cache_key("ns", prompt, "l")
+        assert memo._keys[("ns", prompt, "l")] == cache_key("ns", prompt, "l")
+        held = sum(len(p) + len(llm) for _, p, llm in memo._keys)
+        assert held == memo._chars <= 400_000
+    assert len(memo._keys) < len(prompts)  # the oldest went first
+    assert ("ns", prompts[-1], "l") in memo._keys
+    huge = "x" * 60_000  # over an eighth of the budget: computed, not kept
+    assert memo.key("ns", huge, "l") == cache_key("ns", huge, "l")
+    assert ("ns", huge, "l") not in memo._keys
+
+
+def _conversation(messages: int, salt: str = "") -> str:
+    turns: list[object] = [SystemMessage("You are a helpful assistant.")]
+    for i in range(messages // 2):
+        turns.append(HumanMessage(f"question {salt} {i}: " + "about the dish " * 10, id=f"h{i}"))
+        turns.append(
+            AIMessage(
+                f"answer {i}: " + "a fine dish with balanced flavours. " * 5,
+                id=f"run-{i}",
+                usage_metadata={"input_tokens": 9, "output_tokens": 9, "total_tokens": 18},
+            )
+        )
+    return dumps(turns)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        '{"lc": 1, "type": "constructor", "id": ["x", "AIMessage"], "kwargs": {"n": NaN}}',
+        '{"lc": 1, "type": "constructor", "id": ["x", "AIMessage"], "kwargs": {"n": 1'
+        + "2" * 30
+        + "}}",
+        '{"lc": 1, "type": "constructor", "id": ["x", "AIMessage"], "kwargs": {"s": "\\ud800"}}',
+    ],
+)
+def test_json_that_only_the_stdlib_parses_is_canonicalised_the_same_way(odd: str) -> None:
+    # NaN, integers beyond 64 bits and lone surrogates: faster parsers refuse
+    # or round them (orjson reads a huge integer as a float, so two prompts
+    # differing in its last digits would share a key); the key must keep them.
+    with_id = odd[: -len("}}")] + ', "id": "m1"}}'
+    prompt = "[" + with_id + "]"
+    expected = json.loads("[" + odd + "]")
+    assert canonical_prompt(prompt) == json.dumps(expected)
+
+
+def test_deeply_nested_prompts_are_kept_verbatim_not_raised() -> None:
+    deep = '[{"id": "x"}, ' + "[" * 100_000 + "]" * 100_000 + "]"
+    assert canonical_prompt(deep) == deep
+    assert _key(deep, "l").startswith("default:")
 
 
 _texts = st.text(min_size=0, max_size=40)
