@@ -201,7 +201,7 @@ class _ThreadOwner(_Owner):
         return isinstance(other, _ThreadOwner) and other.ident == self.ident
 
 
-_INTERNAL = frozenset({__name__, "llmcache.tiers", "llmcache.langchain_adapter"})
+_INTERNAL = frozenset({__name__, "llmcache.tiers", "llmcache.engine", "llmcache.langchain_adapter"})
 
 
 def _thread_owner() -> _Owner:

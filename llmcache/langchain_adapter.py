@@ -1,9 +1,9 @@
-"""TieredCache: LangChain's ``BaseCache`` face over the tier engine.
+"""TieredCache: LangChain's ``BaseCache`` face over the engine.
 
-This is the only module of the engine's path that imports LangChain's cache
-interface. It turns (prompt, llm_string) into a canonical key, generations
-into a stored payload and back, and drives the flows of ``tiers.Layers``
-with blocking calls (``lookup``/``update``) or awaits (``alookup``/``aupdate``).
+It turns (prompt, llm_string) into a canonical key, generations into a
+stored payload and back (``generations``), and LangChain's blocking and
+async calls into runs of the engine's flows. Everything else (tiers,
+versions, coalescing, failing open) is the engine's (``llmcache.engine``).
 """
 
 from __future__ import annotations
@@ -11,36 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
-from llmcache.backends.disk import DiskTier
-from llmcache.coalesce import Coalescer, WaitBound, remote_leases
-from llmcache.config import (
-    DEFAULT,
-    Default,
-    check_ttl,
-    default_directory,
-    is_redis_tier,
-    resolve_l1,
-    resolve_l2,
-)
-from llmcache.errors import ConfigurationError, SerializationError, TierError
+from llmcache.coalesce import Coalescer, WaitBound
+from llmcache.config import DEFAULT, Default, default_directory
+from llmcache.engine import Engine, dependency_names
+from llmcache.errors import SerializationError
 from llmcache.generations import compile_template, dump_generations
-from llmcache.invalidation import (
-    DependencyRules,
-    DiskVersions,
-    MemoryVersions,
-    PendingSnapshots,
-    VersionStore,
-    current_dependencies,
-    validate_dependency,
-)
-from llmcache.keys import KeyMemo, validate_namespace
-from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
-from llmcache.stats import CacheStats, Counters
+from llmcache.invalidation import DependencyRules, VersionStore
+from llmcache.keys import KeyMemo
+from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record
+from llmcache.stats import CacheStats
 from llmcache.tiers import Flow, Layers, Tier
 
 __all__ = ["TieredCache", "default_directory"]
@@ -81,63 +65,64 @@ class TieredCache(BaseCache):
         coalesce_wait: WaitBound = 30.0,
         coalesce_lease: float = 10.0,
     ) -> None:
-        self.namespace = validate_namespace(namespace)
-        self.ttl = check_ttl(ttl)
-        tiers = [tier for tier in (resolve_l1(l1), resolve_l2(l2)) if tier is not None]
-        if not tiers:
-            raise ConfigurationError("at least one tier is needed (l1 and l2 are both None)")
-        if isinstance(secret, Default):
-            signer = Signer.from_env()
-        else:
-            signer = None if secret is None else Signer.from_secret(secret)
-        if signer is None and any(is_redis_tier(tier) for tier in tiers):
-            _warn_unsigned_shared()
-        self._layers = Layers(
-            tiers,
-            versions=versions if versions is not None else _default_versions(tiers),
-            signer=signer,
+        self._engine = Engine(
+            l1=l1,
+            l2=l2,
+            namespace=namespace,
+            ttl=ttl,
+            secret=secret,
+            versions=versions,
             clock=clock,
             compress_threshold=compress_threshold,
+            coalesce=coalesce,
+            coalesce_wait=coalesce_wait,
+            coalesce_lease=coalesce_lease,
+            on_unsigned_shared=_warn_unsigned_shared,
         )
+        self.namespace = self._engine.namespace
+        self.ttl = self._engine.ttl
         self._rules = dependencies
-        self._pending = PendingSnapshots()
-        self._counters = Counters("cache")
         self._keys = KeyMemo()
-        self._coalescer: Coalescer | None = None
-        if coalesce:
-            self._coalescer = Coalescer(
-                wait=coalesce_wait,
-                lease=coalesce_lease,
-                remote=remote_leases(tiers, coalesce_lease),
-            )
-            self._coalescer.attach(self._layers)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine under this face, shared by nothing else unless you pass it on."""
+        return self._engine
+
+    @property
+    def _layers(self) -> Layers:
+        return self._engine.layers
+
+    @property
+    def _coalescer(self) -> Coalescer | None:
+        return self._engine.coalescer
 
     @property
     def tiers(self) -> Sequence[Tier]:
-        return self._layers.tiers
+        return self._engine.tiers
 
     # -- BaseCache ------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         answer, flow = self._lookup(prompt, llm_string)
-        return answer if flow is None else self._layers.run(flow)
+        return answer if flow is None else self._engine.run(flow)
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         answer, flow = self._lookup(prompt, llm_string)
-        return answer if flow is None else await self._layers.arun(flow)
+        return answer if flow is None else await self._engine.arun(flow)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        self._layers.run(self._update_flow(prompt, llm_string, return_val))
+        self._engine.run(self._update_flow(prompt, llm_string, return_val))
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        await self._layers.arun(self._update_flow(prompt, llm_string, return_val))
+        await self._engine.arun(self._update_flow(prompt, llm_string, return_val))
 
     def clear(self, **kwargs: Any) -> None:
         """Remove this cache's namespace from every tier, and nothing else."""
-        self._layers.run(self._layers.clear_flow(self.namespace))
+        self._engine.run(self._engine.clear_flow())
 
     async def aclear(self, **kwargs: Any) -> None:
-        await self._layers.arun(self._layers.clear_flow(self.namespace))
+        await self._engine.arun(self._engine.clear_flow())
 
     # -- beyond BaseCache -----------------------------------------------------
 
@@ -148,11 +133,11 @@ class TieredCache(BaseCache):
         fail open: if the version store cannot be reached, TierError is raised,
         because a silent failure here would mean serving stale answers.
         """
-        checked = _dependency_names(names)
-        try:
-            self._layers.versions.bump(self.namespace, checked)
-        except Exception as exc:
-            raise TierError(f"could not invalidate {_listed(checked)}: {exc}") from exc
+        self._engine.invalidate(names)
+
+    async def ainvalidate(self, *names: str) -> None:
+        """The async twin of :meth:`invalidate`."""
+        await self._engine.ainvalidate(names)
 
     def gc(self) -> dict[str, dict[str, int]]:
         """Delete this namespace's expired, stale and garbled entries, tier by tier.
@@ -162,48 +147,20 @@ class TieredCache(BaseCache):
         maintenance job (``llmcache gc``), never part of ``invalidate``.
         Returns, per tier that can list its keys, what was removed and kept.
         """
-        report: dict[str, dict[str, int]] = {}
-        for index, tier in enumerate(self.tiers):
-            list_keys = getattr(tier, "keys", None)
-            if callable(list_keys):
-                keys = list_keys(self.namespace)
-                report[tier.name] = self._layers.run(
-                    self._layers.sweep_flow(index, self.namespace, keys)
-                )
-        return report
-
-    async def ainvalidate(self, *names: str) -> None:
-        """The async twin of :meth:`invalidate`."""
-        checked = _dependency_names(names)
-        try:
-            await self._layers.versions.abump(self.namespace, checked)
-        except Exception as exc:
-            raise TierError(f"could not invalidate {_listed(checked)}: {exc}") from exc
+        return self._engine.gc()
 
     def stats(self) -> CacheStats:
         """Hits, misses, errors and latency per tier; tokens saved by hits."""
-        counters = self._counters
-        return CacheStats(
-            lookups=counters.get("hits") + counters.get("misses"),
-            hits=counters.get("hits"),
-            misses=counters.get("misses"),
-            errors=counters.get("errors"),
-            tokens_saved=counters.get("tokens_saved"),
-            tiers=self._layers.stats(),
-            extra=self._coalescer.counts() if self._coalescer is not None else {},
-        )
+        return self._engine.stats()
 
     def reset_stats(self) -> None:
-        self._counters.reset()
-        self._layers.reset_stats()
-        if self._coalescer is not None:
-            self._coalescer.counters.reset()
+        self._engine.reset_stats()
 
     def close(self) -> None:
-        self._layers.close()
+        self._engine.close()
 
     async def aclose(self) -> None:
-        await self._layers.aclose()
+        await self._engine.aclose()
 
     def __repr__(self) -> str:
         tiers = ", ".join(f"{tier.name}={type(tier).__name__}" for tier in self.tiers)
@@ -218,9 +175,9 @@ class TieredCache(BaseCache):
         key = self._keys.key(self.namespace, prompt, llm_string)
         dependencies = self._dependencies(prompt, llm_string)
         if dependencies is None:
-            self._counters.add("misses")
+            self._engine.counters.add("misses")
             return None, None
-        record = self._layers.peek(key, self.namespace)
+        record = self._engine.peek(key)
         if record is not None:
             return self._answer(record, owned=False, retained=True), None
         return None, self._lookup_flow(key, dependencies, prompt, llm_string)
@@ -228,22 +185,10 @@ class TieredCache(BaseCache):
     def _lookup_flow(
         self, key: str, dependencies: frozenset[str], prompt: str, llm_string: str
     ) -> Flow[RETURN_VAL_TYPE | None]:
-        coalescer = self._coalescer
-        mark = coalescer.completed if coalescer is not None else 0
-        hit, snapshot = yield from self._layers.get_flow(key, self.namespace, dependencies)
-        if hit is None and coalescer is not None and snapshot is not None:
-            # A miss: lead the call, or wait for the identical one in flight.
-            hit = yield from coalescer.join_flow(
-                key,
-                snapshot,
-                mark,
-                coalescer.bound(prompt, llm_string),
-                lambda: self._layers.get_flow(key, self.namespace, dependencies),
-            )
+        engine = self._engine
+        wait = engine.wait_bound(prompt, llm_string)
+        hit = yield from engine.lookup_flow(key, dependencies, wait)
         if hit is None:
-            if dependencies and snapshot is not None:
-                self._pending.remember(key, snapshot)
-            self._counters.add("misses")
             return None
         return self._answer(hit.record, owned=hit.parsed, retained=hit.retained)
 
@@ -252,37 +197,26 @@ class TieredCache(BaseCache):
         if not return_val or dependencies is None:
             return 0  # an empty list would read back as a hit with no answer
         key = self._keys.key(self.namespace, prompt, llm_string)
-        versions = self._pending.take(key) if dependencies else None
         try:
             payload = dump_generations(return_val)
-            written = yield from self._layers.put_flow(
-                key,
-                self.namespace,
-                payload,
-                ttl=self.ttl,
-                dependencies=dependencies,
-                versions=versions,
-            )
         except SerializationError as exc:
             # A value we cannot store exactly is not stored; the call still succeeds.
-            self._counters.failure("errors", "encode", exc)
-            payload, written = None, 0
-        if self._coalescer is not None:  # written first: other processes read it on our word
-            yield from self._coalescer.finish_flow(key, payload, versions)
-        return written
+            self._engine.counters.failure("errors", "encode", exc)
+            yield from self._engine.abandon_flow(key)
+            return 0
+        return (yield from self._engine.store_flow(key, payload, dependencies))
 
     def _dependencies(self, prompt: str, llm_string: str) -> frozenset[str] | None:
         """The enclosing ``depends_on`` names plus the rules' (None: do not cache this call)."""
-        names = current_dependencies()
         if self._rules is None:
-            return names
+            return self._engine.dependencies()
         try:
-            derived = _dependency_names(self._rules(prompt, llm_string))
+            derived = dependency_names(self._rules(prompt, llm_string))
         except Exception as exc:
             # Not knowing what an answer depends on, we can neither serve nor store it.
-            self._counters.failure("errors", "dependency rules", exc)
+            self._engine.counters.failure("errors", "dependency rules", exc)
             return None
-        return names | derived
+        return self._engine.dependencies(derived)
 
     def _answer(self, record: Record, *, owned: bool, retained: bool) -> RETURN_VAL_TYPE | None:
         """Fresh generations built from a hit's record (None, a miss, if it cannot be).
@@ -301,8 +235,8 @@ class TieredCache(BaseCache):
             try:
                 template = compile_template(payload, owned=owned, reusable=retained)
             except SerializationError as exc:
-                self._counters.failure("errors", "decode generations", exc)
-                self._counters.add("misses")
+                self._engine.counters.failure("errors", "decode generations", exc)
+                self._engine.counters.add("misses")
                 return None
             if retained:
                 derived["generations"] = template
@@ -310,33 +244,8 @@ class TieredCache(BaseCache):
                 # payload too would hold every answer twice (template first, so a
                 # thread that finds no payload finds the template).
                 record.payload = None
-        self._counters.add_hit(template.tokens)
+        self._engine.counters.add_hit(template.tokens)
         return template.build()
-
-
-def _dependency_names(names: Iterable[str]) -> frozenset[str]:
-    if isinstance(names, str):
-        raise ConfigurationError("dependencies are a collection of names, not one string")
-    return frozenset(validate_dependency(name) for name in names)
-
-
-def _listed(names: frozenset[str], most: int = 5) -> str:
-    """Names for an error message: a few, and how many more."""
-    shown = sorted(names)[:most]
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return ", ".join(repr(name[:80]) for name in shown) + more
-
-
-def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
-    """Versions shared as widely as the widest tier: Redis, else the disk's host, else memory."""
-    for tier in reversed(tiers):
-        if is_redis_tier(tier):  # no import: redis is an optional extra
-            from llmcache.backends.redis_versions import RedisVersions
-
-            return RedisVersions(tier)  # type: ignore[arg-type]
-        if isinstance(tier, DiskTier):
-            return DiskVersions(tier.path)
-    return MemoryVersions()
 
 
 def _warn_unsigned_shared() -> None:
