@@ -201,7 +201,9 @@ def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Tem
 def _compile_one(item: Any, *, reusable: bool) -> _Part:
     if not isinstance(item, dict):
         raise SerializationError("stored generation is not an object")
-    cls = _GENERATIONS.get(item.get("type"))  # type: ignore[arg-type]
+    kind = item.get("type")
+    # Looked up only when a string: a list or dict there is unhashable (a TypeError).
+    cls = _GENERATIONS.get(kind) if type(kind) is str else None
     text = item.get("text")
     info = item.get("info")
     if cls is None or not isinstance(text, str) or not isinstance(info, (dict, type(None))):
@@ -272,7 +274,8 @@ def _nested_copier(
 def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
     if not isinstance(stored, dict):
         raise SerializationError("stored message is not an object")
-    cls = _MESSAGES.get(str(stored.get("type")))
+    kind = stored.get("type")
+    cls = _MESSAGES.get(kind) if type(kind) is str else None
     fields = stored.get("fields")
     if cls is None or not isinstance(fields, dict):
         raise SerializationError(f"message class not allowed: {stored.get('type')!r}")
