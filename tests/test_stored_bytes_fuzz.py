@@ -472,30 +472,42 @@ def _model(sim: Simulator, cache: TieredCache) -> ChatOpenAI:
                       base_url=sim.base_url, api_key="sim", cache=cache)  # fmt: skip
 
 
+_DEEP = b'{"p":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+_UNHASHABLE = b'{"p":[{"type":[],"text":"x","info":null}]}'
+
+
 @pytest.mark.parametrize(
-    "corrupt",
+    ("corrupt", "secret"),
     [
-        lambda good, key: b"LLMC\x02\x02",
-        lambda good, key: b"LLMC\x01\x02",  # raised IndexError out of ChatOpenAI.invoke before
-        lambda good, key: seal(b'{"p":' + b"[" * 10_000 + b"]" * 10_000 + b"}", key=key),
-        lambda good, key: seal(b'{"p":[{"type":[],"text":"x","info":null}]}', key=key),
-        lambda good, key: good[:-7],
-        lambda good, key: good[:40] + bytes((good[40] ^ 0x10,)) + good[41:],
+        # The first three raised out of ChatOpenAI.invoke before (IndexError,
+        # RecursionError, TypeError); the old format is how they were reached.
+        pytest.param(lambda good, key: b"LLMC\x01\x02", SECRET, id="old-signed-flag-only"),
+        pytest.param(lambda good, key: b"LLMC\x01\x00" + _DEEP, None, id="old-deep"),
+        pytest.param(lambda good, key: b"LLMC\x01\x00" + _UNHASHABLE, None, id="old-unhashable"),
+        pytest.param(lambda good, key: b"LLMC\x02\x02", SECRET, id="signed-flag-only"),
+        pytest.param(lambda good, key: seal(_DEEP, key=key), None, id="deep"),
+        pytest.param(lambda good, key: seal(_UNHASHABLE, key=key), None, id="unhashable"),
+        pytest.param(lambda good, key: good[:-7], None, id="truncated"),
+        pytest.param(lambda good, key: good[:-7], SECRET, id="truncated-signed"),
+        pytest.param(
+            lambda good, key: good[:40] + bytes((good[40] ^ 0x10,)) + good[41:], None, id="bit-flip"
+        ),
     ],
-    ids=["signed-flag-only", "old-signed-flag-only", "deep", "unhashable-type", "truncated",
-         "bit-flip"],
-)  # fmt: skip
+)
 async def test_chatopenai_over_a_corrupted_value_returns_the_models_answer(
-    sim: Simulator, tmp_path: Path, corrupt: Callable[[bytes, str], bytes]
+    sim: Simulator,
+    tmp_path: Path,
+    corrupt: Callable[[bytes, str], bytes],
+    secret: str | None,
 ) -> None:
     disk = DiskTier(tmp_path)
-    _model(sim, TieredCache(l1=None, l2=disk)).invoke("Nutrients of bibimbap?")
+    _model(sim, TieredCache(l1=None, l2=disk, secret=secret)).invoke("Nutrients of bibimbap?")
     (key,) = disk.keys("default")
     good = bytes(disk.get(key) or b"")
     first = sim.requests
     for calls, path in enumerate(("invoke", "ainvoke"), start=first + 1):
         disk.set(key, corrupt(good, key))
-        cache = TieredCache(l2=DiskTier(tmp_path))  # the default L1, over the same disk
+        cache = TieredCache(l2=DiskTier(tmp_path), secret=secret)  # the default L1, same disk
         model = _model(sim, cache)
         prompt = "Nutrients of bibimbap?"
         answer = model.invoke(prompt) if path == "invoke" else await model.ainvoke(prompt)
