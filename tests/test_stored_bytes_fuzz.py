@@ -35,7 +35,14 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_openai import ChatOpenAI
 
-from llmcache import ConfigurationError, DiskTier, MemoryTier, SerializationError, TieredCache
+from llmcache import (
+    ConfigurationError,
+    DiskTier,
+    MemoryTier,
+    SerializationError,
+    TieredCache,
+    serialization,
+)
 from llmcache.backends.redis import RedisTier
 from llmcache.generations import dump_generations
 from llmcache.keys import cache_key
@@ -213,8 +220,10 @@ class Target:
 
     @classmethod
     def over(cls, tier: Tier, *, as_l1: bool = False, secret: str | None = None) -> Target:
-        layers = {"l1": tier, "l2": None} if as_l1 else {"l1": None, "l2": tier}
-        return cls(TieredCache(**layers, namespace=NAMESPACE, secret=secret, coalesce=False), tier)
+        l1, l2 = (tier, None) if as_l1 else (None, tier)
+        return cls(
+            TieredCache(l1=l1, l2=l2, namespace=NAMESPACE, secret=secret, coalesce=False), tier
+        )
 
     def plant(self, raw: bytes) -> None:
         self.tier.set(KEY, raw)
@@ -532,3 +541,24 @@ def test_a_too_short_secret_names_where_it_came_from(
     monkeypatch.setenv("LLMCACHE_SECRET_ID", "k" * 300)
     with pytest.raises(ConfigurationError, match="LLMCACHE_SECRET_ID"):
         TieredCache(l2=DiskTier(tmp_path))
+
+
+@pytest.mark.parametrize("error", [MemoryError, RecursionError, IndexError])
+async def test_a_bug_in_decoding_would_still_be_a_counted_miss(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error: type[Exception]
+) -> None:
+    """decode raises only SerializationError (above); the layering does not rely on it."""
+    target = Target.over(DiskTier(tmp_path))
+    target.cache.update(PROMPT, LLM, ANSWERS["chat"])
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise error("a decoding bug")
+
+    monkeypatch.setattr(serialization, "decode", broken)
+    assert target.cache.lookup(PROMPT, LLM) is None
+    target.cache.update(PROMPT, LLM, ANSWERS["chat"])
+    assert await target.cache.alookup(PROMPT, LLM) is None
+    assert target.corrupt() == 2
+    monkeypatch.undo()
+    target.cache.update(PROMPT, LLM, ANSWERS["chat"])
+    assert target.cache.lookup(PROMPT, LLM) is not None
