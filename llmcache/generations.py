@@ -290,6 +290,10 @@ def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
         calls = fields.get(name)
         if calls and not all(type(call) is dict for call in calls):
             raise SerializationError(f"message field {name!r} holds a non-object")
+    content = fields.get("content")
+    # Content blocks are strings or objects: LangChain reads a hit's blocks with .get.
+    if type(content) is list and not all(type(block) in (str, dict) for block in content):
+        raise SerializationError("message content holds a block that is not a string or object")
     return cls, fields
 
 

@@ -398,6 +398,15 @@ def test_every_hit_is_fresh_with_a_new_id() -> None:
             }
         ],
         [{"type": "Generation", "text": 5, "info": None}],
+        [{"type": [], "text": "x", "info": None}],  # unhashable: was a TypeError
+        [
+            {
+                "type": "ChatGeneration",
+                "text": "x",
+                "info": None,
+                "message": {"type": "AIMessage", "fields": {"content": ["x", 7]}},
+            }
+        ],
     ],
 )
 def test_payloads_outside_the_allowlist_are_refused(payload: Any) -> None:

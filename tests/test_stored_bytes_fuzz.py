@@ -485,6 +485,13 @@ _DEEP = b'{"p":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
 _UNHASHABLE = b'{"p":[{"type":[],"text":"x","info":null}]}'
 
 
+def _content_blocks(good: bytes, key: str) -> bytes:
+    """The stored answer with its content made a list of blocks, one of them an int."""
+    document = json.loads(good[10:])  # after the header and the CRC of an unsigned value
+    document["p"][0]["message"]["fields"]["content"] = ["text", {"type": "text", "text": "x"}, 7]
+    return json.dumps(document).encode()
+
+
 @pytest.mark.parametrize(
     ("corrupt", "secret"),
     [
@@ -496,6 +503,16 @@ _UNHASHABLE = b'{"p":[{"type":[],"text":"x","info":null}]}'
         pytest.param(lambda good, key: b"LLMC\x02\x02", SECRET, id="signed-flag-only"),
         pytest.param(lambda good, key: seal(_DEEP, key=key), None, id="deep"),
         pytest.param(lambda good, key: seal(_UNHASHABLE, key=key), None, id="unhashable"),
+        pytest.param(  # raised AttributeError inside LangChain before
+            lambda good, key: b"LLMC\x01\x00" + _content_blocks(good, key),
+            None,
+            id="old-content-block-an-int",
+        ),
+        pytest.param(
+            lambda good, key: seal(_content_blocks(good, key), key=key),
+            None,
+            id="content-block-an-int",
+        ),
         pytest.param(lambda good, key: good[:-7], None, id="truncated"),
         pytest.param(lambda good, key: good[:-7], SECRET, id="truncated-signed"),
         pytest.param(
