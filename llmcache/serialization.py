@@ -217,7 +217,8 @@ def encode(
     if len(data) > compress_threshold:
         compressed = zlib.compress(data, 6)
         # Past the ratio a reader would take it for a bomb: store it as it is.
-        if len(compressed) < len(data) and len(data) <= _inflate_limit(len(compressed)):
+        # (Strictly under: a stream that fills the limit exactly may not reach its end.)
+        if len(compressed) < len(data) and len(data) < _inflate_limit(len(compressed)):
             data, flags = compressed, flags | _COMPRESSED
     if signer is None:
         header = _MAGIC + bytes((FORMAT_VERSION, flags))
@@ -276,8 +277,10 @@ def _record(document: Any) -> Record:
             raise SerializationError("corrupt expiry") from exc
         if not math.isfinite(expires_at):  # the stdlib reads 1e999 as inf
             raise SerializationError("corrupt expiry")
-    dependencies = document.get("d") or {}
-    if type(dependencies) is not dict or not all(
+    dependencies = document.get("d")
+    if dependencies is None:
+        dependencies = {}
+    elif type(dependencies) is not dict or not all(
         type(version) is int for version in dependencies.values()
     ):
         raise SerializationError("corrupt dependency versions")

@@ -137,6 +137,7 @@ def _sealed(body: bytes, flags: int = 0, key: str = "ns:k") -> bytes:
         _sealed(b'{"p":1,"e":1e999}'),  # the stdlib reads it as inf
         _sealed(b'{"p":1,"e":1' + b"0" * 400 + b"}", flags=0x04),  # past a float
         _sealed('{"p":"é"}'.encode()),  # encode writes ASCII only
+        _sealed(b'{"p":1,"d":0}'),  # dependencies are an object (or absent)
     ],
 )
 def test_garbage_is_a_serialization_error(garbage: bytes) -> None:
