@@ -2,8 +2,10 @@
 
     LLMCacheError                 every error this package raises
     ├── ConfigurationError        bad arguments: a namespace, a TTL, a size, a URL
-    ├── SerializationError        a value that cannot be encoded or decoded
-    │   └── IntegrityError        a stored value whose HMAC does not verify
+    ├── SerializationError        a value that cannot be encoded, or stored bytes that are
+    │   │                         damaged (checksum, truncation, garbage, bounds)
+    │   └── IntegrityError        a stored value this process cannot verify: HMAC or key
+    │                             id mismatch, signed but no secret here, another format
     └── TierError                 a backend failed (wraps the driver's exception)
 
 The cache itself never lets a TierError or a SerializationError reach a
@@ -35,7 +37,7 @@ class SerializationError(LLMCacheError):
 
 
 class IntegrityError(SerializationError):
-    """A stored value failed its HMAC check (tampered, copied, or foreign)."""
+    """A stored value this process cannot verify (HMAC, key id, secret or format version)."""
 
 
 class TierError(LLMCacheError):

@@ -201,7 +201,9 @@ def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Tem
 def _compile_one(item: Any, *, reusable: bool) -> _Part:
     if not isinstance(item, dict):
         raise SerializationError("stored generation is not an object")
-    cls = _GENERATIONS.get(item.get("type"))  # type: ignore[arg-type]
+    kind = item.get("type")
+    # Looked up only when a string: a list or dict there is unhashable (a TypeError).
+    cls = _GENERATIONS.get(kind) if type(kind) is str else None
     text = item.get("text")
     info = item.get("info")
     if cls is None or not isinstance(text, str) or not isinstance(info, (dict, type(None))):
@@ -272,7 +274,8 @@ def _nested_copier(
 def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
     if not isinstance(stored, dict):
         raise SerializationError("stored message is not an object")
-    cls = _MESSAGES.get(str(stored.get("type")))
+    kind = stored.get("type")
+    cls = _MESSAGES.get(kind) if type(kind) is str else None
     fields = stored.get("fields")
     if cls is None or not isinstance(fields, dict):
         raise SerializationError(f"message class not allowed: {stored.get('type')!r}")
@@ -287,6 +290,10 @@ def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
         calls = fields.get(name)
         if calls and not all(type(call) is dict for call in calls):
             raise SerializationError(f"message field {name!r} holds a non-object")
+    content = fields.get("content")
+    # Content blocks are strings or objects: LangChain reads a hit's blocks with .get.
+    if type(content) is list and not all(type(block) in (str, dict) for block in content):
+        raise SerializationError("message content holds a block that is not a string or object")
     return cls, fields
 
 

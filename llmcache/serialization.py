@@ -1,17 +1,28 @@
-"""The stored envelope: one versioned, optionally signed and compressed record.
+"""The stored envelope: one versioned, checked, optionally compressed record.
 
-Layout of the bytes a tier stores::
+Layout of the bytes a tier stores (format version 2)::
 
     b"LLMC" | format version (1 byte) | flags (1 byte)
-    [ if signed: key-id length (1 byte) | key id | HMAC-SHA256 (32 bytes) ]
-    body: UTF-8 JSON {"p": payload, "e": expires_at or null, "d": {dependency: version}}
+    unsigned: CRC-32 (4 bytes, big-endian) of the header, the storage key and the body
+    signed:   key-id length (1 byte) | key id | HMAC-SHA256 (32 bytes)
+    body: ASCII JSON {"p": payload, "e": expires_at or null, "d": {dependency: version}}
           (zlib-compressed when the COMPRESSED flag is set)
 
-The MAC covers the header, the key id, the storage key and the body as
-stored, so a valid value copied under another key fails, and it is checked
-before anything is decompressed or parsed. The algorithm is never read from
-the stored bytes. No pickle: the body is JSON, and what the JSON may turn into
-is decided by the caller (``generations.py`` for LangChain values).
+Every value carries a check over its header, its key and its body as stored,
+verified before anything is decompressed or parsed: with a secret, a keyed
+MAC (a value copied under another key, or forged, fails it; the algorithm is
+never read from the stored bytes); without one, a CRC-32 bound to the key,
+which catches bit rot, truncation and a value swapped under another key, but
+not a deliberate forgery (anyone can compute a CRC: that is what the secret
+is for). Values of format version 1 (no check when unsigned) are not read.
+
+``decode`` is total: whatever bytes a tier hands back, it returns a Record or
+raises SerializationError (IntegrityError for a value it cannot verify), in
+time bounded by the length of those bytes: the nesting depth, the inflated
+size and the inflation ratio are all bounded, and ``encode`` refuses (or does
+not compress) what ``decode`` would refuse, so nothing written is unreadable.
+No pickle: the body is JSON, and what the JSON may turn into is decided by
+the caller (``generations.py`` for LangChain values).
 
 Pure functions; the only state is an explicit ``Signer``.
 """
@@ -20,7 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
+import math
+import operator
 import os
 import re
 import zlib
@@ -36,27 +50,43 @@ __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",
     "FORMAT_VERSION",
     "MAX_DECOMPRESSED_BYTES",
+    "MAX_DEPTH",
+    "MAX_INFLATE_RATIO",
     "Encoded",
     "Record",
     "Signer",
     "decode",
     "encode",
+    "json_depth",
     "parse_json",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_COMPRESS_THRESHOLD = 4096
-#: A compressed body that inflates past this is refused (a zip bomb in a shared store).
+#: The largest JSON body stored or read (after inflating): a bigger answer is not cached.
 MAX_DECOMPRESSED_BYTES = 64 << 20
+#: The deepest nesting of arrays and objects in a stored body, envelope included.
+#: Well under Python's recursion limit, so that the standard library's parser
+#: and the recursive copies of a hit never run out of stack, whatever the
+#: caller's depth; orjson's own limit (1024) is not.
+MAX_DEPTH = 200
+#: Past ``_INFLATE_FLOOR``, a compressed body may inflate at most this many
+#: times its stored size: a zip bomb costs time in proportion to its own
+#: length, not to the limit above. ``encode`` stores such a body uncompressed.
+MAX_INFLATE_RATIO = 64
+_INFLATE_FLOOR = 1 << 20
 
 _MAGIC = b"LLMC"
 _HEADER = len(_MAGIC) + 2
 _COMPRESSED = 0x01
 _SIGNED = 0x02
 _EXACT_INTS = 0x04  # the body has integers orjson would round: parse it with the stdlib
+_KNOWN_FLAGS = _COMPRESSED | _SIGNED | _EXACT_INTS
 # 19+ digits may be an integer past 64 bits (orjson turns those into floats).
 _LONG_DIGITS = re.compile(rb"\d{19,}")
 _MAC_SIZE = hashlib.sha256().digest_size
+_CRC_SIZE = 4
+_MIN_SECRET = 16
 
 
 @dataclass(slots=True)
@@ -85,7 +115,7 @@ class Encoded(bytes):
     """Stored bytes that remember, in this process only, the record they encode.
 
     An in-memory tier hands back the very object it was given, so a hit there
-    skips the MAC check and the JSON parse: the record was built (or already
+    skips the check and the JSON parse: the record was built (or already
     verified) by this process. Any other tier stores and returns plain bytes,
     which are verified and parsed in full.
     """
@@ -109,14 +139,30 @@ class Signer:
     key_id: bytes
 
     def __post_init__(self) -> None:
-        if len(self.secret) < 16:
-            raise ConfigurationError("the HMAC secret must be at least 16 bytes")
+        if len(self.secret) < _MIN_SECRET:
+            raise ConfigurationError(f"the HMAC secret must be at least {_MIN_SECRET} bytes")
         if not 1 <= len(self.key_id) <= 255:
             raise ConfigurationError("the HMAC key id must be 1-255 bytes")
 
     @classmethod
-    def from_secret(cls, secret: str | bytes, key_id: str | None = None) -> Signer:
+    def from_secret(
+        cls,
+        secret: str | bytes,
+        key_id: str | None = None,
+        *,
+        secret_from: str = "secret=",
+        key_id_from: str = "key_id=",
+    ) -> Signer:
+        """A signer for ``secret``; ``*_from`` name where each came from, for the errors."""
         raw = secret.encode() if isinstance(secret, str) else secret
+        if len(raw) < _MIN_SECRET:
+            # Named, so the user knows which setting to fix; the value is never shown.
+            raise ConfigurationError(
+                f"{secret_from} is too short: an HMAC secret must be at least"
+                f" {_MIN_SECRET} bytes, got {len(raw)}"
+            )
+        if key_id is not None and not 1 <= len(key_id.encode()) <= 255:
+            raise ConfigurationError(f"{key_id_from} must be 1-255 bytes, got {len(key_id)}")
         # Derived from the secret when not given: rotating the secret changes
         # the id, so old values are rejected by id before any MAC is computed.
         kid = key_id or hashlib.sha256(b"llmcache-key-id" + raw).hexdigest()[:16]
@@ -129,7 +175,12 @@ class Signer:
         secret = env.get("LLMCACHE_SECRET")
         if not secret:
             return None
-        return cls.from_secret(secret, env.get("LLMCACHE_SECRET_ID") or None)
+        return cls.from_secret(
+            secret,
+            env.get("LLMCACHE_SECRET_ID") or None,
+            secret_from="LLMCACHE_SECRET",
+            key_id_from="LLMCACHE_SECRET_ID",
+        )
 
     def mac(self, header: bytes, key: str, body: bytes) -> bytes:
         message = b"".join((header, self.key_id, b"\x00", key.encode(), b"\x00", body))
@@ -146,7 +197,11 @@ def encode(
     signer: Signer | None = None,
     compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
 ) -> Encoded:
-    """Encode ``record`` for storage under ``key``."""
+    """Encode ``record`` for storage under ``key``.
+
+    Raises SerializationError for what ``decode`` could not read back: not
+    JSON, nested deeper than MAX_DEPTH, or larger than MAX_DECOMPRESSED_BYTES.
+    """
     document: dict[str, Any] = {"p": record.payload, "e": record.expires_at}
     if record.dependencies:
         document["d"] = dict(record.dependencies)
@@ -154,16 +209,21 @@ def encode(
         # The standard library, not orjson, on the write path: orjson would
         # store NaN as null, and this runs once per LLM call, not per hit.
         body = json.dumps(document, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"value is not JSON-serializable: {exc}") from exc
     data = body.encode("ascii")
+    _check_body(data)
     flags = _EXACT_INTS if _LONG_DIGITS.search(data) else 0
     if len(data) > compress_threshold:
         compressed = zlib.compress(data, 6)
-        if len(compressed) < len(data):
+        # Past the ratio a reader would take it for a bomb: store it as it is.
+        # (Strictly under: a stream that fills the limit exactly may not reach its end.)
+        if len(compressed) < len(data) and len(data) < _inflate_limit(len(compressed)):
             data, flags = compressed, flags | _COMPRESSED
     if signer is None:
-        stored = _MAGIC + bytes((FORMAT_VERSION, flags)) + data
+        header = _MAGIC + bytes((FORMAT_VERSION, flags))
+        check = _checksum(header, key, data).to_bytes(_CRC_SIZE, "big")
+        stored = b"".join((header, check, data))
     else:
         header = _MAGIC + bytes((FORMAT_VERSION, flags | _SIGNED))
         mac = signer.mac(header, key, data)
@@ -172,7 +232,13 @@ def encode(
 
 
 def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
-    """Verify and parse stored bytes. Raises SerializationError (or IntegrityError)."""
+    """Verify and parse stored bytes: a Record, or SerializationError (IntegrityError).
+
+    Nothing else escapes, whatever ``data`` holds (tests/test_stored_bytes_fuzz.py).
+    IntegrityError marks a value this process cannot verify but that may be
+    sound for another (another secret, another format version); any other
+    SerializationError marks a damaged value.
+    """
     if type(data) is Encoded and data.key == key:
         return data.record
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -183,24 +249,42 @@ def decode(data: bytes, *, key: str, signer: Signer | None = None) -> Record:
         raise SerializationError("not an llmcache value")
     version, flags = data[4], data[5]
     if version != FORMAT_VERSION:
-        raise SerializationError(f"unsupported format version {version}")
+        raise IntegrityError(f"format version {version}, not {FORMAT_VERSION}: not read")
+    if flags & ~_KNOWN_FLAGS:
+        raise SerializationError(f"unknown flags {flags:#04x}")
     body = _verified_body(data, flags, key, signer)
     if flags & _COMPRESSED:
         body = _inflate(body)
+    _check_body(body)
     try:
         document = _stdlib_loads(body) if flags & _EXACT_INTS else parse_json(body)
-        payload = document["p"]
-        expires_at = document.get("e")
-        dependencies = document.get("d") or {}
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: a caller already deep
         raise SerializationError(f"corrupt value body: {exc}") from exc
-    if expires_at is not None and not isinstance(expires_at, (int, float)):
-        raise SerializationError("corrupt expiry")
-    if not isinstance(dependencies, dict) or not all(
+    return _record(document)
+
+
+def _record(document: Any) -> Record:
+    """The Record a parsed body describes, every field checked."""
+    if type(document) is not dict or "p" not in document:
+        raise SerializationError("corrupt value body: not an envelope")
+    expires_at = document.get("e")
+    if expires_at is not None:
+        if type(expires_at) not in (int, float):
+            raise SerializationError("corrupt expiry")
+        try:
+            expires_at = float(expires_at)  # an integer past a float's range overflows
+        except OverflowError as exc:
+            raise SerializationError("corrupt expiry") from exc
+        if not math.isfinite(expires_at):  # the stdlib reads 1e999 as inf
+            raise SerializationError("corrupt expiry")
+    dependencies = document.get("d")
+    if dependencies is None:
+        dependencies = {}
+    elif type(dependencies) is not dict or not all(
         type(version) is int for version in dependencies.values()
     ):
         raise SerializationError("corrupt dependency versions")
-    return Record(payload=payload, expires_at=expires_at, dependencies=dependencies)
+    return Record(payload=document["p"], expires_at=expires_at, dependencies=dependencies)
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -209,6 +293,7 @@ def parse_json(data: bytes | str) -> Any:
     orjson rejects a few valid documents (lone surrogate escapes); the fallback
     takes those. NaN and Infinity are refused by both. (Integers past 64 bits,
     which orjson would round to floats, are flagged at encode time instead.)
+    The caller bounds the nesting depth first: the fallback recurses.
     """
     try:
         return orjson.loads(data)
@@ -224,23 +309,77 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# -- bounds, shared by encode and decode ---------------------------------------------
+
+
+def _check_body(body: bytes) -> None:
+    """Refuse a body ``decode`` must not parse: too large, not ASCII, too deep."""
+    if len(body) > MAX_DECOMPRESSED_BYTES:
+        raise SerializationError(f"value body is over {MAX_DECOMPRESSED_BYTES} bytes")
+    if not body.isascii():  # encode writes ASCII only (and json.loads would guess UTF-16)
+        raise SerializationError("value body is not ASCII JSON")
+    # Cheap bound first: a body with few brackets cannot nest deeper than their count.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and json_depth(body) > MAX_DEPTH:
+        raise SerializationError(f"value nests deeper than {MAX_DEPTH}")
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# Each opening bracket becomes 2 and each closing one 0 (after every other
+# byte is deleted); the depth after k brackets is then their sum minus k.
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[{]}")))
+
+
+def json_depth(text: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, in linear time.
+
+    Brackets inside strings do not count. For a text that is not JSON (an
+    unterminated string) it may count too many, never too few for valid JSON.
+    No recursion and no per-byte Python loop: a regex drops the strings, a
+    translate keeps the brackets, and the running depth is summed in C.
+    """
+    steps = _STRING.sub(b"", text).translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    depths = map(operator.sub, itertools.accumulate(steps), itertools.count(1))
+    return max(depths, default=0)
+
+
+def _inflate_limit(stored: int) -> int:
+    """How large a compressed body of ``stored`` bytes may inflate."""
+    return min(MAX_DECOMPRESSED_BYTES, max(_INFLATE_FLOOR, stored * MAX_INFLATE_RATIO))
+
+
+def _checksum(header: bytes, key: str, body: bytes) -> int:
+    # CRC-32 rather than a 64-bit hash: it catches every single-bit flip and every
+    # burst up to 32 bits, and costs a third of blake2b-64 on a 2 KB answer (the
+    # disk hit budget is ~10 µs). Against forgery it is no defence, and is not meant to be.
+    return zlib.crc32(body, zlib.crc32(key.encode(), zlib.crc32(header)))
+
+
 def _verified_body(data: bytes, flags: int, key: str, signer: Signer | None) -> bytes:
+    header = data[:_HEADER]
     if not flags & _SIGNED:
         if signer is not None:
             raise IntegrityError("unsigned value where a signature is required")
-        return data[_HEADER:]
+        end = _HEADER + _CRC_SIZE
+        if len(data) < end:
+            raise SerializationError("truncated checksum")
+        body = data[end:]
+        if _checksum(header, key, body) != int.from_bytes(data[_HEADER:end], "big"):
+            raise SerializationError("checksum mismatch: damaged, or another key's value")
+        return body
     if signer is None:
         # We cannot check it, so we cannot trust it: a miss, then a refill unsigned.
         raise IntegrityError("signed value but no secret is configured")
-    kid_len = data[_HEADER]
-    kid_end = _HEADER + 1 + kid_len
+    if len(data) <= _HEADER:
+        raise IntegrityError("truncated signature")
+    kid_end = _HEADER + 1 + data[_HEADER]
     mac_end = kid_end + _MAC_SIZE
     if len(data) < mac_end:
         raise IntegrityError("truncated signature")
     if data[_HEADER + 1 : kid_end] != signer.key_id:
         raise IntegrityError("signed with another key id")
     body = data[mac_end:]
-    expected = signer.mac(data[:_HEADER], key, body)
+    expected = signer.mac(header, key, body)
     if not hmac.compare_digest(expected, data[kid_end:mac_end]):
         raise IntegrityError("HMAC mismatch")
     return body
@@ -249,11 +388,11 @@ def _verified_body(data: bytes, flags: int, key: str, signer: Signer | None) -> 
 def _inflate(body: bytes) -> bytes:
     inflater = zlib.decompressobj()
     try:
-        out = inflater.decompress(body, MAX_DECOMPRESSED_BYTES)
+        out = inflater.decompress(body, _inflate_limit(len(body)))
     except zlib.error as exc:
         raise SerializationError(f"corrupt compressed body: {exc}") from exc
     if inflater.unconsumed_tail:
         raise SerializationError("compressed body inflates past the size limit")
-    if not inflater.eof:
-        raise SerializationError("truncated compressed body")
+    if not inflater.eof or inflater.unused_data:
+        raise SerializationError("truncated compressed body, or bytes after it")
     return out

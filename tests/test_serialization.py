@@ -20,7 +20,17 @@ from llmcache.generations import (
     load_generations,
     usage_tokens,
 )
-from llmcache.serialization import MAX_DECOMPRESSED_BYTES, Record, Signer, decode, encode
+from llmcache.serialization import (
+    FORMAT_VERSION,
+    MAX_DECOMPRESSED_BYTES,
+    MAX_DEPTH,
+    MAX_INFLATE_RATIO,
+    Record,
+    Signer,
+    decode,
+    encode,
+    json_depth,
+)
 
 SIGNER = Signer.from_secret("a secret of at least sixteen bytes")
 OTHER = Signer.from_secret("another secret, also long enough")
@@ -99,8 +109,19 @@ def test_signer_from_env_and_repr_hides_the_secret() -> None:
     assert signer is not None
     assert signer.key_id == b"prod-1"
     assert "x" * 20 not in repr(signer)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="secret= is too short"):
         Signer.from_secret("short")
+    with pytest.raises(ConfigurationError, match=r"LLMCACHE_SECRET is too short: .* got 5"):
+        Signer.from_env({"LLMCACHE_SECRET": "short"})
+    with pytest.raises(ConfigurationError, match="LLMCACHE_SECRET_ID"):
+        Signer.from_env({"LLMCACHE_SECRET": "x" * 20, "LLMCACHE_SECRET_ID": "i" * 256})
+
+
+def _sealed(body: bytes, flags: int = 0, key: str = "ns:k") -> bytes:
+    """An unsigned version-2 value with a valid CRC-32 over header, key and body."""
+    header = b"LLMC" + bytes((FORMAT_VERSION, flags))
+    check = zlib.crc32(body, zlib.crc32(key.encode(), zlib.crc32(header)))
+    return header + check.to_bytes(4, "big") + body
 
 
 @pytest.mark.parametrize(
@@ -109,14 +130,58 @@ def test_signer_from_env_and_repr_hides_the_secret() -> None:
         b"",
         b"LLMC",
         b"LLMC\x09\x00{}",
-        b"LLMC\x01\x00not json",
+        _sealed(b"not json"),
         b"\x80\x04pickle",
-        b"LLMC\x01\x00[1]",
+        _sealed(b"[1]"),
+        _sealed(b'{"p":1}', flags=0x08),  # an unknown flag
+        _sealed(b'{"p":1,"e":1e999}'),  # the stdlib reads it as inf
+        _sealed(b'{"p":1,"e":1' + b"0" * 400 + b"}", flags=0x04),  # past a float
+        _sealed('{"p":"é"}'.encode()),  # encode writes ASCII only
+        _sealed(b'{"p":1,"d":0}'),  # dependencies are an object (or absent)
     ],
 )
 def test_garbage_is_a_serialization_error(garbage: bytes) -> None:
     with pytest.raises(SerializationError):
         decode(garbage, key="ns:k")
+
+
+def test_the_version_2_layout_is_a_crc_over_header_key_and_body() -> None:
+    stored = _plain(encode(Record([1], expires_at=5.0), key="ns:k"))
+    assert stored == _sealed(b'{"p":[1],"e":5.0}')
+    assert decode(_sealed(b'{"p":[1],"e":5.0}'), key="ns:k") == Record([1], expires_at=5.0)
+
+
+def test_old_format_values_are_not_read() -> None:
+    """Version 1 had no check on unsigned values: read as a miss (not ours to delete)."""
+    for old in (b"LLMC\x01\x00" + b'{"p":[1],"e":null}', b"LLMC\x01\x02", b"LLMC\x03\x00{}"):
+        with pytest.raises(IntegrityError, match="format version"):
+            decode(old, key="ns:k", signer=None)
+        with pytest.raises(IntegrityError):
+            decode(old, key="ns:k", signer=SIGNER)
+
+
+@given(payload=json_values, position=st.integers(min_value=0), bit=st.integers(0, 7))
+def test_property_any_flipped_bit_in_an_unsigned_value_is_rejected(
+    payload: Any, position: int, bit: int
+) -> None:
+    stored = bytearray(encode(Record(payload), key="ns:k"))
+    stored[position % len(stored)] ^= 1 << bit
+    with pytest.raises(SerializationError):
+        decode(bytes(stored), key="ns:k")
+
+
+@given(payload=json_values, end=st.integers(min_value=0))
+def test_property_any_truncated_value_is_rejected(payload: Any, end: int) -> None:
+    for signer in (None, SIGNER):
+        stored = _plain(encode(Record(payload), key="ns:k", signer=signer))
+        with pytest.raises(SerializationError):
+            decode(stored[: end % len(stored)], key="ns:k", signer=signer)
+
+
+def test_an_unsigned_value_copied_under_another_key_is_rejected() -> None:
+    stored = _plain(encode(Record(["answer for A"]), key="ns:a"))
+    with pytest.raises(SerializationError, match="checksum"):
+        decode(stored, key="ns:b")
 
 
 def test_large_values_are_compressed_and_bombs_refused() -> None:
@@ -125,8 +190,62 @@ def test_large_values_are_compressed_and_bombs_refused() -> None:
     assert len(stored) < 5_000
     assert decode(_plain(stored), key="ns:k").payload == payload
     bomb_body = zlib.compress(b'{"p":"' + b"a" * (MAX_DECOMPRESSED_BYTES + 10) + b'"}', 9)
-    with pytest.raises(SerializationError):
-        decode(b"LLMC\x01\x01" + bomb_body, key="ns:k")
+    with pytest.raises(SerializationError, match="size limit"):
+        decode(_sealed(bomb_body, flags=0x01), key="ns:k")
+
+
+def test_a_body_that_inflates_past_the_ratio_is_stored_uncompressed_and_reads_back() -> None:
+    """A reader takes 2 MB from 2 KB for a bomb, so the writer never stores one that way."""
+    payload = ["a" * (2 << 20)]
+    stored = _plain(encode(Record(payload), key="ns:k"))
+    assert not stored[5] & 0x01  # not compressed: zlib would make it ~2 KB
+    assert decode(stored, key="ns:k").payload == payload
+    squeezed = zlib.compress(b'{"p":["' + b"a" * (2 << 20) + b'"]}')
+    assert len(squeezed) * MAX_INFLATE_RATIO < 2 << 20
+    with pytest.raises(SerializationError, match="size limit"):
+        decode(_sealed(squeezed, flags=0x01), key="ns:k")
+    # Under the 1 MiB floor any ratio is read: a highly repetitive answer stays compressed.
+    small = ["b" * (1 << 19)]
+    compact = _plain(encode(Record(small), key="ns:k"))
+    assert compact[5] & 0x01 and len(compact) < 2048
+    assert decode(compact, key="ns:k").payload == small
+
+
+def test_nesting_is_bounded_on_both_sides() -> None:
+    def nested(depth: int) -> Any:
+        value: Any = 1
+        for _ in range(depth - 1):  # the envelope is one level
+            value = [value]
+        return value
+
+    deepest = Record(nested(MAX_DEPTH))
+    assert decode(_plain(encode(deepest, key="ns:k")), key="ns:k") == deepest
+    with pytest.raises(SerializationError, match="deeper"):
+        encode(Record(nested(MAX_DEPTH + 1)), key="ns:k")
+    with pytest.raises(SerializationError, match="JSON-serializable"):
+        encode(Record(nested(100_000)), key="ns:k")  # the encoder's own recursion, refused
+    deep = b'{"p":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    for flags in (0x00, 0x04):  # orjson, and the recursive stdlib parser
+        with pytest.raises(SerializationError, match="deeper"):
+            decode(_sealed(deep, flags=flags), key="ns:k")
+
+
+@given(value=json_values)
+def test_property_json_depth_matches_the_structure(value: Any) -> None:
+    def depth(item: Any) -> int:
+        if isinstance(item, dict):
+            return 1 + max(map(depth, item.values()), default=0)
+        if isinstance(item, list):
+            return 1 + max(map(depth, item), default=0)
+        return 0
+
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        assert json_depth(text.encode()) == depth(value)
+
+
+def test_json_depth_ignores_brackets_in_strings() -> None:
+    assert json_depth(rb'{"a":"[[[{{{\"]]]","b":[[]]}') == 3
+    assert json_depth(b"") == 0
 
 
 def test_non_json_payloads_are_refused_on_encode() -> None:
@@ -280,6 +399,15 @@ def test_every_hit_is_fresh_with_a_new_id() -> None:
             }
         ],
         [{"type": "Generation", "text": 5, "info": None}],
+        [{"type": [], "text": "x", "info": None}],  # unhashable: was a TypeError
+        [
+            {
+                "type": "ChatGeneration",
+                "text": "x",
+                "info": None,
+                "message": {"type": "AIMessage", "fields": {"content": ["x", 7]}},
+            }
+        ],
     ],
 )
 def test_payloads_outside_the_allowlist_are_refused(payload: Any) -> None:

@@ -227,9 +227,15 @@ def test_with_a_secret_a_value_copied_from_another_key_is_rejected(tmp_path: Pat
     assert cache.lookup("question B", "l") is None
     assert cache.stats().tiers["disk"].corrupt == 1
     assert _content(cache.lookup("question A", "l")) == "answer A"
-    # Without a secret the same copy would be served: that is what the HMAC is for.
+    # Without a secret the key-bound checksum refuses the same copy (a forger
+    # could recompute it: that is what the HMAC is for).
     unsigned = TieredCache(l1=None, l2=DiskTier(tmp_path / "u"), secret=None)
     unsigned.update("question A", "l", [ChatGeneration(message=AIMessage("answer A"))])
+    raw = diskcache.Cache(str(tmp_path / "u"))
+    raw.set(_disk_key("question B"), raw.get(_disk_key("question A")))
+    raw.close()
+    assert unsigned.lookup("question B", "l") is None
+    assert unsigned.stats().tiers["disk"].corrupt == 1
 
 
 def test_secret_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
