@@ -27,11 +27,11 @@ from llmcache.config import (
     resolve_l1,
     resolve_l2,
 )
+from llmcache.disk_versions import DiskVersions
 from llmcache.errors import ConfigurationError, SerializationError, TierError
 from llmcache.generations import compile_template, dump_generations
 from llmcache.invalidation import (
     DependencyRules,
-    DiskVersions,
     MemoryVersions,
     PendingSnapshots,
     VersionStore,
@@ -41,7 +41,7 @@ from llmcache.invalidation import (
 from llmcache.keys import KeyMemo, validate_namespace
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
 from llmcache.stats import CacheStats, Counters
-from llmcache.tiers import Flow, Layers, Tier
+from llmcache.tiers import Flow, Layers, Needs, Tier
 
 __all__ = ["TieredCache", "default_directory"]
 
@@ -94,7 +94,7 @@ class TieredCache(BaseCache):
             _warn_unsigned_shared()
         self._layers = Layers(
             tiers,
-            versions=versions if versions is not None else _default_versions(tiers),
+            versions=versions if versions is not None else default_versions(tiers),
             signer=signer,
             clock=clock,
             compress_threshold=compress_threshold,
@@ -160,16 +160,27 @@ class TieredCache(BaseCache):
         Stale entries are skipped at once on every read; this reclaims the
         space of those nobody reads again. It scans the namespace, so it is a
         maintenance job (``llmcache gc``), never part of ``invalidate``.
-        Returns, per tier that can list its keys, what was removed and kept.
+        Returns, per tier that can list its keys, what was removed and kept,
+        and for the version store (``versions:redis``...), how many version
+        records no kept entry needed were dropped, and how many were kept.
         """
         report: dict[str, dict[str, int]] = {}
+        needs = Needs()
         for index, tier in enumerate(self.tiers):
             list_keys = getattr(tier, "keys", None)
             if callable(list_keys):
                 keys = list_keys(self.namespace)
                 report[tier.name] = self._layers.run(
-                    self._layers.sweep_flow(index, self.namespace, keys)
+                    self._layers.sweep_flow(index, self.namespace, keys, needs)
                 )
+        # Version records no kept entry needs go too: a dropped record costs at
+        # most a miss (an entry only in some process's memory tier, which no
+        # scan sees, misses once). Not when an entry could not be verified:
+        # what it needs is unknown.
+        if report and needs.complete:
+            versions = self._layers.versions
+            removed, kept = versions.retain(self.namespace, needs.names)
+            report[versions.name] = {"removed": removed, "kept": kept}
         return report
 
     async def ainvalidate(self, *names: str) -> None:
@@ -327,7 +338,7 @@ def _listed(names: frozenset[str], most: int = 5) -> str:
     return ", ".join(repr(name[:80]) for name in shown) + more
 
 
-def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
+def default_versions(tiers: Sequence[Tier]) -> VersionStore:
     """Versions shared as widely as the widest tier: Redis, else the disk's host, else memory."""
     for tier in reversed(tiers):
         if is_redis_tier(tier):  # no import: redis is an optional extra
