@@ -32,7 +32,7 @@ from llmcache.backends.redis_versions import RedisVersions
 
 pytest_plugins = ["tests.redis_servers"]
 pytest.register_assert_rewrite("tests.redis_servers")
-from tests.redis_servers import RedisServer  # noqa: E402
+from tests.redis_servers import RedisServer, command_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 20
@@ -217,7 +217,7 @@ def test_a_restart_without_persistence_revives_nothing_in_another_process(
 
 @pytest.mark.redis
 def test_a_read_makes_one_version_for_every_racer(private_server: RedisServer) -> None:
-    """Two stores reading a missing version at once agree on the one Redis kept."""
+    """A version one store made is the one another reads: made once, by a script, in Redis."""
     first = RedisVersions(RedisTier(private_server.url()))
     second = RedisVersions(RedisTier(private_server.url()))
     one = first.current("ns", ["doc:1", "doc:2"])
@@ -278,3 +278,74 @@ def test_a_replaced_versions_file_is_noticed_and_its_bumps_seen(tmp_path: Path) 
     assert getattr(versions, "reopened", 0) == 1
     holder.close()
     other.close()
+
+
+# -- failover: a bump waits for a replica ------------------------------------------------
+
+
+@pytest.fixture
+def replica(private_server: RedisServer) -> Iterator[RedisServer]:
+    """A replica of ``private_server`` (valkey 9.1), online before the test starts."""
+    args = ("--replicaof", "127.0.0.1", str(private_server.port))
+    with RedisServer(private_server.binary, args=args, name="valkey-replica") as server:
+        admin = private_server.client()
+        _wait_until(lambda: len(admin.execute_command("ROLE")[2]) == 1, timeout=10)
+        _wait_until(lambda: server.client().info("replication")["master_link_status"] == "up")
+        admin.close()
+        yield server
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_bump_waits_for_a_replica_when_there_is_one(
+    private_server: RedisServer, replica: RedisServer
+) -> None:
+    admin = private_server.client()
+    tier = RedisTier(private_server.url(), socket_timeout=2.0)  # the wait fits in a read
+    versions = RedisVersions(tier, replica_wait=0.5)
+    versions.current("ns", ["doc:1"])
+    waits = command_calls(admin, "wait")
+    versions.bump("ns", ["doc:1"])
+    assert command_calls(admin, "wait") == waits + 1
+    assert versions.unacknowledged == 0
+    # Acknowledged: the replica, promoted now, would hold the new version.
+    key = versions._key("ns", "doc:1")
+    assert int(replica.client().get(key)) == versions.current("ns", ["doc:1"])["doc:1"]
+
+    replica.pause()  # a replica that lags: the bump waits at most replica_wait, then says so
+    try:
+        start = time.monotonic()
+        versions.bump("ns", ["doc:1"])
+        waited = time.monotonic() - start
+    finally:
+        replica.resume()
+    print(f"bump with a stopped replica returned after {waited * 1000:.0f} ms (replica_wait 500)")
+    assert waited >= 0.45 and versions.unacknowledged == 1
+    # With the default socket timeout (0.25 s) the wait is cut to half of it, never a failure.
+    short_tier = RedisTier(private_server.url())
+    short = RedisVersions(short_tier, replica_wait=0.5)
+    replica.pause()
+    try:
+        short.bump("ns", ["doc:2"])
+    finally:
+        replica.resume()
+    assert short.unacknowledged == 1
+    short.close()
+    short_tier.close()
+    versions.close()
+    tier.close()
+    admin.close()
+
+
+@pytest.mark.redis
+def test_a_bump_never_waits_without_replicas(private_server: RedisServer) -> None:
+    admin = private_server.client()
+    tier = RedisTier(private_server.url())
+    versions = RedisVersions(tier)
+    versions.bump("ns", ["doc:1"])
+    versions.bump("ns", ["doc:2"])
+    assert command_calls(admin, "wait") == 0
+    assert command_calls(admin, "role") == 1  # counted once per replica_check (10 s)
+    versions.close()
+    tier.close()
+    admin.close()

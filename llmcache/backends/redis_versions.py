@@ -11,7 +11,8 @@ value no entry carries: losing a version costs misses, never revives an entry.
 one SET per slot and then the PUBLISH).
 
 When the server has replicas, ``bump`` also waits (``WAIT 1``, at most
-``replica_wait`` seconds) until one of them has the new values, so a failover
+``replica_wait`` seconds, and at most half the tier's socket timeout) until
+one of them has the new values, so a failover
 to that replica keeps the invalidation. What is not guaranteed: a failover to
 a replica that had not acknowledged it (the wait timed out, counted in
 ``unacknowledged`` and logged), and clusters (a bump is not followed by a
@@ -254,7 +255,11 @@ class RedisVersions:
         return count
 
     def _wait_ms(self, replicas: int) -> int:
-        return max(1, int(self.replica_wait * 1000)) if replicas and self.replica_wait > 0 else 0
+        if not replicas or self.replica_wait <= 0:
+            return 0
+        # Within the socket timeout, or the wait itself would fail the bump.
+        seconds = min(self.replica_wait, self._tier.socket_timeout / 2)
+        return max(1, int(seconds * 1000))
 
     def _acknowledged(self, acks: Any, names: list[str]) -> None:
         if int(acks) < 1:
