@@ -241,3 +241,23 @@ def _check_reclaim(store: Store, where: str) -> None:
     assert docs.lookup("question about document 199", "llm") is None
     docs.close()
     other.close()
+
+
+def test_the_clear_and_gc_commands_reclaim_version_records(
+    disk_store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmcache.cli import main
+
+    make, records = disk_store
+    docs, other = make("docs"), make("other")
+    _documents(docs, 30)
+    _documents(other, 3)
+    docs.invalidate(*(f"doc:{index}" for index in range(10)))
+    docs.close()
+    other.close()
+    assert main(["gc", "--namespace", "docs", "--dir", str(tmp_path)]) == 0
+    assert "removed 10 version records no entry needs; kept 20" in capsys.readouterr().out
+    assert records("docs") == 20
+    assert main(["clear", "--namespace", "docs", "--dir", str(tmp_path)]) == 0
+    print(f"llmcache gc then clear: 'docs' records {records('docs')}, 'other' {records('other')}")
+    assert (records("docs"), records("other")) == (0, 3)
