@@ -10,6 +10,7 @@ keys, fresh answers and invalidated answers are exactly as they were.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import ConfigurationError, DiskTier, RedisTier, TieredCache, depends_on
+from llmcache.backends.redis_versions import RedisVersions
 from llmcache.keys import validate_namespace
 
 pytest_plugins = ["tests.redis_servers"]
@@ -34,6 +36,13 @@ VICTIM = {name: "default" for name in ATTACKERS} | {"default": "v", "a": "ab", "
 
 def _answer(text: str) -> list[ChatGeneration]:
     return [ChatGeneration(message=AIMessage(text))]
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
 
 
 def test_no_namespace_can_hold_the_internal_mark() -> None:
@@ -261,3 +270,26 @@ def test_the_clear_and_gc_commands_reclaim_version_records(
     assert main(["clear", "--namespace", "docs", "--dir", str(tmp_path)]) == 0
     print(f"llmcache gc then clear: 'docs' records {records('docs')}, 'other' {records('other')}")
     assert (records("docs"), records("other")) == (0, 3)
+
+
+@pytest.mark.redis
+async def test_async_clear_drops_the_namespace_records_and_tells_other_processes(
+    redis_store: Store,
+) -> None:
+    make, records = redis_store
+    docs, reader = make("docs"), make("docs")
+    _documents(docs, 5)
+    versions = reader._layers.versions
+    assert isinstance(versions, RedisVersions)
+    versions.current("docs", ["doc:0"])  # starts the listener
+    _wait_until(lambda: versions.connected)
+    assert reader.lookup("question about document 0", "llm") is not None  # reader holds versions
+    held = versions.peek("docs", ["doc:0"])
+    assert held is not None  # a local copy, trusted while its listener is connected
+    await docs.aclear()
+    assert records("docs") == 0
+    # The clear was published: the reader dropped its copies instead of trusting them.
+    _wait_until(lambda: versions.peek("docs", ["doc:0"]) is None)
+    assert versions.current("docs", ["doc:0"]) != held
+    docs.close()
+    reader.close()
