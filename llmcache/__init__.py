@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.disk import DiskTier
 from llmcache.backends.memory import MemoryTier
+from llmcache.disk_versions import DiskVersions
 from llmcache.errors import (
     ConfigurationError,
     IntegrityError,
@@ -19,7 +20,6 @@ from llmcache.errors import (
     TierError,
 )
 from llmcache.invalidation import (
-    DiskVersions,
     MemoryVersions,
     VersionStore,
     current_dependencies,

@@ -238,14 +238,19 @@ def _chosen_namespace(args: argparse.Namespace, counts: dict[str, _Count], verb:
 def _clear(args: argparse.Namespace) -> int:
     where, before = _inventory(args, None, must_exist=True)
     namespace = _chosen_namespace(args, before, "clear")
+    from llmcache.engine import default_versions
+
     tier = _tier(args)
+    versions = default_versions([tier])
     try:
         tier.clear(namespace)
+        versions.clear(namespace)  # after the entries, as TieredCache.clear does
     except LLMCacheError:
         raise
     except Exception as exc:  # a tier may raise its driver's errors: report them, one line
         raise TierError(f"clear failed: {type(exc).__name__}: {exc}") from exc
     finally:
+        versions.close()
         tier.close()
     _, after = _inventory(args, None)
     removed = before.get(namespace, _Count()).entries - after.get(namespace, _Count()).entries
@@ -422,6 +427,12 @@ def _gc(args: argparse.Namespace) -> int:
         cache.close()
     where = _redact(args.url) if args.url else str(_directory(args))
     for tier, counts in report.items():
+        if "removed" in counts:  # the version store
+            print(
+                f"{where} ({tier}, namespace {cache.namespace!r}): removed {counts['removed']}"
+                f" version records no entry needs; kept {counts['kept']}"
+            )
+            continue
         print(
             f"{where} ({tier}, namespace {cache.namespace!r}): removed {counts['stale']} stale,"
             f" {counts['expired']} expired, {counts['corrupt']} garbled; kept {counts['kept']}"

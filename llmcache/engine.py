@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 from llmcache.backends.disk import DiskTier
 from llmcache.coalesce import Coalescer, WaitBound, remote_leases
 from llmcache.config import DEFAULT, Default, check_ttl, is_redis_tier, resolve_l1, resolve_l2
+from llmcache.disk_versions import DiskVersions
 from llmcache.errors import ConfigurationError, SerializationError, TierError
 from llmcache.invalidation import (
-    DiskVersions,
     MemoryVersions,
     PendingSnapshots,
     VersionStore,
@@ -31,9 +31,9 @@ from llmcache.invalidation import (
 from llmcache.keys import validate_namespace
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
 from llmcache.stats import CacheStats, Counters
-from llmcache.tiers import Flow, Hit, Layers, Tier
+from llmcache.tiers import Flow, Hit, Layers, Needs, Tier
 
-__all__ = ["Engine", "dependency_names", "listed_names"]
+__all__ = ["Engine", "default_versions", "dependency_names", "listed_names"]
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ class Engine:
             on_unsigned_shared()
         self.layers = Layers(
             tiers,
-            versions=versions if versions is not None else _default_versions(tiers),
+            versions=versions if versions is not None else default_versions(tiers),
             signer=signer,
             clock=clock,
             compress_threshold=compress_threshold,
@@ -205,15 +205,29 @@ class Engine:
         return self.layers.clear_flow(self.namespace)
 
     def gc(self) -> dict[str, dict[str, int]]:
-        """Delete this namespace's expired, stale and garbled entries, tier by tier."""
+        """Delete this namespace's expired, stale and garbled entries, tier by tier.
+
+        Returns, per tier that can list its keys, what was removed and kept,
+        and for the version store (``versions:redis``...), how many version
+        records no kept entry needed were dropped, and how many were kept.
+        """
         report: dict[str, dict[str, int]] = {}
+        needs = Needs()
         for index, tier in enumerate(self.tiers):
             list_keys = getattr(tier, "keys", None)
             if callable(list_keys):
                 keys = list_keys(self.namespace)
                 report[tier.name] = self.layers.run(
-                    self.layers.sweep_flow(index, self.namespace, keys)
+                    self.layers.sweep_flow(index, self.namespace, keys, needs)
                 )
+        # Version records no kept entry needs go too: a dropped record costs at
+        # most a miss (an entry only in some process's memory tier, which no
+        # scan sees, misses once). Not when an entry could not be verified:
+        # what it needs is unknown.
+        if report and needs.complete:
+            versions = self.layers.versions
+            removed, kept = versions.retain(self.namespace, needs.names)
+            report[versions.name] = {"removed": removed, "kept": kept}
         return report
 
     def stats(self) -> CacheStats:
@@ -255,7 +269,7 @@ def listed_names(names: frozenset[str], most: int = 5) -> str:
     return ", ".join(repr(name[:80]) for name in shown) + more
 
 
-def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
+def default_versions(tiers: Sequence[Tier]) -> VersionStore:
     """Versions shared as widely as the widest tier: Redis, else the disk's host, else memory."""
     for tier in reversed(tiers):
         if is_redis_tier(tier):  # no import: redis is an optional extra

@@ -1,52 +1,52 @@
 """Dependency-versioned invalidation: ``depends_on``, version stores, the miss-time snapshot.
 
-Every dependency name has a version counter. An entry records the versions of
-its dependencies as they were when its call *missed*; a read serves it only
-while they are all still current. ``invalidate(name)`` is one counter bump:
+Every dependency name has a version. An entry records the versions of its
+dependencies as they were when its call *missed*; a read serves it only while
+they are all still current. ``invalidate(name)`` is one write of a new version:
 O(1) whatever the number of dependent entries, no scan. Stale entries are
 skipped at once and their space comes back lazily (TTL, LRU, ``llmcache gc``).
 
+A version is not a counter: it is a random 62-bit value (:func:`new_version`),
+made when a name is first read and made anew by every bump. No earlier state
+of a store can take it again, so a version record that is lost (evicted,
+deleted, a server restarted empty, a file deleted) is simply made again with a
+fresh value, which no entry carries: losing a record costs misses, and never
+brings back an entry recorded under an earlier version (with counters, a
+recreated counter would count 0, 1, 2 again and match old entries).
+
 Names are scoped by namespace, so tenant A's ``invalidate("doc:1")`` never
-touches tenant B's entries.
+touches tenant B's entries, and ``clear``/``retain`` drop one namespace's
+records only.
 
 Version stores, matching the deployment:
 
 * ``MemoryVersions``: one process.
-* ``DiskVersions``: several processes on one host, beside a DiskTier. Versions
-  live in SQLite; every bump also advances an epoch counter in a small
-  memory-mapped file, which readers check on every lookup (a few hundred
-  nanoseconds) before trusting their local copy. Other processes therefore
-  see an invalidation on their very next lookup.
+* ``DiskVersions`` (``llmcache.disk_versions``): several processes on one host,
+  beside a DiskTier.
 * ``RedisVersions`` (``llmcache.backends.redis_versions``): every host.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import fcntl
-import mmap
-import os
-import sqlite3
-import struct
+import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from llmcache.errors import ConfigurationError
 
 __all__ = [
     "DependencyRules",
-    "DiskVersions",
     "MemoryVersions",
     "PendingSnapshots",
     "VersionStore",
     "current_dependencies",
     "depends_on",
+    "new_version",
     "validate_dependency",
 ]
 
@@ -86,13 +86,30 @@ def current_dependencies() -> frozenset[str]:
     return _dependencies.get()
 
 
+_VERSION_FLOOR = 1 << 62
+
+
+def new_version() -> int:
+    """A version no store has used before: 62 random bits, at least 2**62.
+
+    Random, so a record made again after it was lost never equals one an entry
+    carries; at least 2**62, so it never equals a counter of the old scheme
+    (small integers, 0 for a name never bumped) that entries written by an
+    earlier release still hold; below 2**63, so SQLite keeps it as an INTEGER.
+    """
+    return _VERSION_FLOOR | secrets.randbits(62)
+
+
 @runtime_checkable
 class VersionStore(Protocol):
-    """Version counters per (namespace, dependency name); 0 for a name never bumped."""
+    """Versions per (namespace, dependency name), made on first read (see :func:`new_version`)."""
 
     name: str
 
-    def current(self, namespace: str, names: Collection[str]) -> dict[str, int]: ...
+    def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
+        """The versions of ``names``; a name with no record gets one now, with a new version."""
+        ...
+
     def peek(self, namespace: str, names: Collection[str]) -> dict[str, int] | None:
         """``current`` if it needs no network round trip, else None. Never waits on a server."""
         ...
@@ -101,14 +118,24 @@ class VersionStore(Protocol):
         """A number that changes whenever any version may have changed (None: cannot say).
 
         Lets a reader that found an entry fresh at generation G skip the check
-        while the generation is still G. It must move *after* the versions do.
+        while the generation is still G. It must move *after* the versions do,
+        and never come back to an earlier value (a store made again included).
         """
         ...
 
     def bump(self, namespace: str, names: Collection[str]) -> None: ...
+    def clear(self, namespace: str) -> None:
+        """Drop every version record of ``namespace`` (its entries then miss, see new_version)."""
+        ...
+
+    def retain(self, namespace: str, needed: Collection[str]) -> tuple[int, int]:
+        """Drop the records of ``namespace`` not in ``needed``: (removed, kept). For ``gc``."""
+        ...
+
     def close(self) -> None: ...
     async def acurrent(self, namespace: str, names: Collection[str]) -> dict[str, int]: ...
     async def abump(self, namespace: str, names: Collection[str]) -> None: ...
+    async def aclear(self, namespace: str) -> None: ...
     async def aclose(self) -> None: ...
 
 
@@ -124,6 +151,9 @@ class _LocalOnly:
     def bump(self, namespace: str, names: Collection[str]) -> None:
         raise NotImplementedError
 
+    def clear(self, namespace: str) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         """Nothing to release by default."""
 
@@ -132,6 +162,9 @@ class _LocalOnly:
 
     async def abump(self, namespace: str, names: Collection[str]) -> None:
         self.bump(namespace, names)
+
+    async def aclear(self, namespace: str) -> None:
+        self.clear(namespace)
 
     async def aclose(self) -> None:
         self.close()
@@ -149,7 +182,13 @@ class MemoryVersions(_LocalOnly):
 
     def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
         versions = self._versions
-        return {name: versions.get((namespace, name), 0) for name in names}
+        try:  # the hit path: every name has its record
+            return {name: versions[(namespace, name)] for name in names}
+        except KeyError:
+            with self._lock:
+                return {
+                    name: versions.setdefault((namespace, name), new_version()) for name in names
+                }
 
     def generation(self) -> int:
         return self._generation
@@ -157,139 +196,24 @@ class MemoryVersions(_LocalOnly):
     def bump(self, namespace: str, names: Collection[str]) -> None:
         with self._lock:
             for name in names:
-                key = (namespace, name)
-                self._versions[key] = self._versions.get(key, 0) + 1
+                self._versions[(namespace, name)] = new_version()
             self._generation += 1  # after the versions: see VersionStore.generation
 
-
-class DiskVersions(_LocalOnly):
-    """Versions shared by the processes of one host, in ``directory``.
-
-    ``versions.sqlite`` holds the counters; ``versions.epoch`` is 8 bytes that
-    every bump advances *after* its transaction commits, under an exclusive
-    file lock. A reader reads the epoch first and its versions second, so a
-    local copy tagged with an epoch can only be newer than that epoch, never
-    older; when the epoch moves, the copy is dropped.
-    """
-
-    name = "versions:disk"
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory).expanduser()
-        self._lock = threading.Lock()
-        self._local: dict[tuple[str, str], int] = {}
-        self._epoch = -1
-        self._db: sqlite3.Connection | None = None
-        self._map: mmap.mmap | None = None
-        self._pid = 0
-
-    def _open(self) -> tuple[sqlite3.Connection, mmap.mmap]:
-        if self._db is not None and self._map is not None and self._pid == os.getpid():
-            return self._db, self._map
-        self.directory.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self.directory / "versions.sqlite",
-            timeout=10,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS versions "
-            "(namespace TEXT, name TEXT, version INTEGER NOT NULL, PRIMARY KEY (namespace, name))"
-        )
-        epoch_path = self.directory / "versions.epoch"
-        fd = os.open(epoch_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if os.fstat(fd).st_size < 8:
-                os.ftruncate(fd, 8)
-            self._map = mmap.mmap(fd, 8)
-        finally:
-            os.close(fd)
-        self._db, self._pid, self._local, self._epoch = db, os.getpid(), {}, -1
-        return db, self._map
-
-    def generation(self) -> int:
-        # The epoch moves after every committed bump, from any process.
-        epoch: int = struct.unpack_from("<Q", self._open()[1])[0]
-        return epoch
-
-    def current(self, namespace: str, names: Collection[str]) -> dict[str, int]:
-        # The hit path: nothing bumped since we last looked, and every name is
-        # known. Reads only, so no lock (the slow path below rebuilds under it).
-        if self._map is not None and self._pid == os.getpid():
-            local = self._local
-            if struct.unpack_from("<Q", self._map)[0] == self._epoch:
-                cached = {name: local.get((namespace, name), -1) for name in names}
-                if -1 not in cached.values():
-                    return cached
+    def clear(self, namespace: str) -> None:
         with self._lock:
-            db, epoch_map = self._open()
-            epoch = struct.unpack_from("<Q", epoch_map)[0]
-            if epoch != self._epoch:
-                self._local.clear()
-                self._epoch = epoch
-            local = self._local
-            missing = [name for name in names if (namespace, name) not in local]
-            if missing:
-                found = dict(
-                    db.execute(
-                        "SELECT name, version FROM versions WHERE namespace = ? AND name IN "
-                        f"({','.join('?' * len(missing))})",
-                        (namespace, *missing),
-                    ).fetchall()
-                )
-                for name in missing:
-                    local[(namespace, name)] = found.get(name, 0)
-            return {name: local[(namespace, name)] for name in names}
+            for key in [key for key in self._versions if key[0] == namespace]:
+                del self._versions[key]
+            self._generation += 1
 
-    def bump(self, namespace: str, names: Collection[str]) -> None:
+    def retain(self, namespace: str, needed: Collection[str]) -> tuple[int, int]:
+        keep = set(needed)
         with self._lock:
-            db, epoch_map = self._open()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT INTO versions (namespace, name, version) VALUES (?, ?, 1) "
-                    "ON CONFLICT (namespace, name) DO UPDATE SET version = version + 1",
-                    [(namespace, name) for name in names],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                _roll_back(db)
-                raise
-            self._advance_epoch(epoch_map)
-            self._local.clear()
-
-    def _advance_epoch(self, epoch_map: mmap.mmap) -> None:
-        # Read-modify-write under an exclusive lock: two bumps racing must not
-        # both write the same next epoch, or a reader could miss the second.
-        with open(self.directory / "versions.epoch", "rb") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                epoch = struct.unpack_from("<Q", epoch_map)[0]
-                struct.pack_into("<Q", epoch_map, 0, epoch + 1)
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-            if self._map is not None:
-                self._map.close()
-            self._db = self._map = None
-
-
-def _roll_back(db: sqlite3.Connection) -> None:
-    """Undo an open transaction, and never hide why it failed.
-
-    On some errors (a full disk: SQLITE_FULL) SQLite has already rolled the
-    transaction back, and a ROLLBACK then raises "no transaction is active",
-    which would replace the real cause in the caller's traceback.
-    """
-    if db.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
+            ours = [key for key in self._versions if key[0] == namespace]
+            dropped = [key for key in ours if key[1] not in keep]
+            for key in dropped:
+                del self._versions[key]
+            self._generation += 1
+        return len(dropped), len(ours) - len(dropped)
 
 
 class PendingSnapshots:

@@ -145,7 +145,8 @@ class TieredCache(BaseCache):
         Stale entries are skipped at once on every read; this reclaims the
         space of those nobody reads again. It scans the namespace, so it is a
         maintenance job (``llmcache gc``), never part of ``invalidate``.
-        Returns, per tier that can list its keys, what was removed and kept.
+        Returns, per tier that can list its keys, what was removed and kept,
+        and for the version store, the version records dropped and kept.
         """
         return self._engine.gc()
 

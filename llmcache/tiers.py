@@ -25,7 +25,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from llmcache import serialization
@@ -43,6 +43,7 @@ __all__ = [
     "Hit",
     "InlineAsync",
     "Layers",
+    "Needs",
     "Put",
     "ReadVersions",
     "TargetOp",
@@ -214,6 +215,18 @@ class TargetOp(Protocol):
 
 Op = Get | Put | Delete | Clear | ReadVersions | TargetOp
 Flow = Generator[Op, Any, T]
+
+
+@dataclass(slots=True)
+class Needs:
+    """The dependency names the entries a gc kept depend on.
+
+    ``complete`` is False when some kept entry could not be read (signed with
+    another secret): then nobody knows every name still needed.
+    """
+
+    names: set[str] = field(default_factory=set)
+    complete: bool = True
 
 
 @dataclass(slots=True)
@@ -559,13 +572,17 @@ class Layers:
                 written += 1
         return written
 
-    def sweep_flow(self, index: int, namespace: str, keys: Iterable[str]) -> Flow[dict[str, int]]:
+    def sweep_flow(
+        self, index: int, namespace: str, keys: Iterable[str], needs: Needs | None = None
+    ) -> Flow[dict[str, int]]:
         """Delete the expired, stale and garbled entries among ``keys`` of one tier.
 
         The lazy reclaim behind ``llmcache gc``: it reads every key it is given,
         so it is for a maintenance job, never for a request path. Values whose
-        signature cannot be checked here are left alone.
+        signature cannot be checked here are left alone. ``needs`` collects the
+        dependency names of the entries kept (for the version store's retain).
         """
+        needs = Needs() if needs is None else needs
         removed = {"expired": 0, "stale": 0, "corrupt": 0, "kept": 0}
         now = self.clock()
         known: dict[str, int] = {}
@@ -577,6 +594,7 @@ class Layers:
                 record = serialization.decode(raw, key=key, signer=self.signer)
             except IntegrityError:
                 removed["kept"] += 1
+                needs.complete = False  # kept, and what it depends on is unknown
                 continue
             except Exception:  # SerializationError, or a decoding bug: garbage either way
                 reason = "corrupt"
@@ -589,6 +607,7 @@ class Layers:
                     reason = "stale"
                 else:
                     removed["kept"] += 1
+                    needs.names.update(record.dependencies)
                     continue
             yield Delete(index, key)
             removed[reason] += 1
@@ -603,6 +622,10 @@ class Layers:
             self.decoded.clear()  # not needed for correctness: frees what is gone
         for index in range(len(self.tiers)):
             yield Clear(index, namespace)
+        # The namespace's version records go too (after its entries): with
+        # random versions a record made again matches no entry, so this costs
+        # nothing but lets a namespace's records be reclaimed at all.
+        yield Clear(self._versions_index, namespace)
 
     # -- stats ----------------------------------------------------------------
 

@@ -153,7 +153,7 @@ def test_four_processes_of_ten_identical_calls_make_one_request(
     assert sum(r["coalesced"] for r in reports) == 39
     assert all(r["elapsed"] < LATENCY + MARGIN for r in reports)
     with redis.Redis.from_url(url) as client:
-        assert not list(client.scan_iter(match=f"{prefix}lease:*"))  # released, not expired
+        assert not list(client.scan_iter(match=f"{prefix}~lease:*"))  # released, not expired
 
 
 def test_a_failing_leader_process_lets_the_others_take_over_at_once(
@@ -190,7 +190,7 @@ def test_a_killed_leader_process_leaves_a_lease_that_expires(
     went = time.perf_counter()
     time.sleep(0.3)  # they find the lease held, and wait
     with redis.Redis.from_url(url) as client:
-        (held,) = client.scan_iter(match=f"{prefix}lease:*")
+        (held,) = client.scan_iter(match=f"{prefix}~lease:*")
         assert 0 < client.pttl(held) <= lease * 1000
     killed_at = time.perf_counter()
     leader.kill()
@@ -291,7 +291,7 @@ def test_asking_again_for_a_key_it_leads_never_waits_on_its_own_lease(
     assert time.perf_counter() - start < 0.2
     cache.update("q", "llm", [ChatGeneration(message=AIMessage("at last"))])
     with redis.Redis.from_url(url) as client:
-        assert not list(client.scan_iter(match=f"{prefix}lease:*"))
+        assert not list(client.scan_iter(match=f"{prefix}~lease:*"))
     cache.close()
 
 
@@ -304,11 +304,11 @@ def test_closing_a_cache_that_still_leads_releases_every_lease(
     for key in keys:
         assert cache.lookup(key, "llm") is None  # leads each, with a lease in Redis
     with redis.Redis.from_url(url) as client:
-        assert len(list(client.scan_iter(match=f"{prefix}lease:*"))) == len(keys)
+        assert len(list(client.scan_iter(match=f"{prefix}~lease:*"))) == len(keys)
         cache.close()  # five leaders that will never update
         # Every release was queued before the keeper's stop: none may be dropped,
         # or another process would wait out the lease for each key left.
-        assert not list(client.scan_iter(match=f"{prefix}lease:*"))
+        assert not list(client.scan_iter(match=f"{prefix}~lease:*"))
 
 
 def test_a_process_that_ends_while_leading_releases_its_lease(shared: tuple[str, str]) -> None:
@@ -320,7 +320,7 @@ def test_a_process_that_ends_while_leading_releases_its_lease(shared: tuple[str,
     )
     subprocess.run([sys.executable, "-c", script, url, prefix], check=True, timeout=60, cwd=ROOT)
     with redis.Redis.from_url(url) as client:
-        assert not list(client.scan_iter(match=f"{prefix}lease:*"))
+        assert not list(client.scan_iter(match=f"{prefix}~lease:*"))
 
 
 @pytest.mark.cluster

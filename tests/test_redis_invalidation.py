@@ -188,7 +188,10 @@ def test_gc_on_redis_removes_only_stale_entries(shared: tuple[str, str]) -> None
             cache.update(f"17/{index}", "llm", _answer("x"))
     cache.update("plain", "llm", _answer("z"))
     cache.invalidate("restaurant:17")
-    assert cache.gc() == {"redis": {"expired": 0, "stale": 30, "corrupt": 0, "kept": 1}}
+    assert cache.gc() == {
+        "redis": {"expired": 0, "stale": 30, "corrupt": 0, "kept": 1},
+        "versions:redis": {"removed": 1, "kept": 0},  # restaurant:17's: no entry needs it now
+    }
     assert cache.tiers[0].keys("menus") == [cache._keys.key("menus", "plain", "llm")]  # type: ignore[attr-defined]
     cache.close()
 

@@ -4,6 +4,17 @@ Like every tier it is a dumb byte store: it keeps the engine's bytes as they
 are (signed by the engine when ``LLMCACHE_SECRET`` is set), under
 ``prefix + "<namespace>:<digest>"``, with the TTL kept by the server (SET PX).
 
+The key layout under ``prefix`` (``llmcache:`` by default)::
+
+    <namespace>:<digest>           an entry
+    ~v:<namespace>:<name>          a dependency's version (redis_versions)
+    ~lease:<namespace>:<digest>    a miss being computed (redis_lease)
+    ~chan:versions, ~chan:coalesce the pub/sub channels
+
+Internal names start with ``~``, a character ``validate_namespace`` refuses,
+so the SCAN pattern of a namespace (``<namespace>:*``) can never match them,
+whatever the namespace is called (``v``, ``lease``, ``chan``...).
+
 * Sync calls use redis-py; async calls use redis.asyncio directly, no thread
   hop. An async client belongs to the loop it was created in, so there is one
   per running loop, closed when that loop shuts down its async generators
@@ -50,6 +61,8 @@ from llmcache.keys import namespace_prefix
 __all__ = ["RedisTier", "close_sync_client"]
 
 _SCAN_COUNT = 1000
+#: Starts every internal key and channel; validate_namespace refuses it in a namespace.
+INTERNAL = "~"
 # What a client of one kind needs from a client of the other kind to reach the same server.
 _PORTABLE = ("host", "port", "db", "username", "password", "client_name", "protocol",
              "credential_provider", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
@@ -199,6 +212,18 @@ class RedisTier:
     def _match(self, namespace: str) -> str:
         return _glob_escape(self.prefix + namespace_prefix(namespace)) + "*"
 
+    def internal_key(self, kind: str, rest: str) -> str:
+        """``<prefix>~<kind>:<rest>``: out of every namespace's reach (see the module docstring)."""
+        return f"{self.prefix}{INTERNAL}{kind}:{rest}"
+
+    def internal_match(self, kind: str, rest: str) -> str:
+        """The SCAN pattern of the internal keys starting ``<prefix>~<kind>:<rest>``."""
+        return _glob_escape(self.internal_key(kind, rest)) + "*"
+
+    def channel(self, kind: str) -> str:
+        """The pub/sub channel ``<prefix>~chan:<kind>``."""
+        return self.internal_key("chan", kind)
+
     # -- clients ----------------------------------------------------------------------
 
     def _timeouts(self) -> dict[str, Any]:
@@ -280,10 +305,14 @@ class RedisTier:
 
     def clear(self, namespace: str) -> None:
         """UNLINK this namespace's keys, found by SCAN (on every master); never FLUSHDB."""
+        self.unlink_matching(self._match(namespace))
+
+    def unlink_matching(self, match: str) -> None:
+        """UNLINK every key matching the SCAN pattern ``match``, on every master."""
         with self._guard(self._seed, "clear"):
             client = self._client()
             nodes = client.get_primaries() if self.cluster else [None]
-        steps, reply = self._clear_steps(namespace, nodes), None
+        steps, reply = self._clear_steps(match, nodes), None
         with suppress(StopIteration):
             while True:
                 step = steps.send(reply)
@@ -293,17 +322,20 @@ class RedisTier:
 
     def keys(self, namespace: str) -> list[str]:
         """Every key of ``namespace`` (without the prefix): SCAN, for maintenance jobs only."""
+        return [rkey[len(self.prefix) :] for rkey in self.scan_matching(self._match(namespace))]
+
+    def scan_matching(self, match: str) -> list[str]:
+        """Every key matching the SCAN pattern ``match`` (on every master), prefix included."""
         with self._guard(self._seed, "scan"):
             client = self._client()
             if self.cluster:
                 found = client.scan_iter(
-                    match=self._match(namespace), count=_SCAN_COUNT,
+                    match=match, count=_SCAN_COUNT,
                     target_nodes=redis.cluster.RedisCluster.PRIMARIES,
                 )  # fmt: skip
             else:
-                found = client.scan_iter(match=self._match(namespace), count=_SCAN_COUNT)
-            rkeys = [_as_bytes(rkey).decode() for rkey in found]
-        return [rkey[len(self.prefix) :] for rkey in rkeys]
+                found = client.scan_iter(match=match, count=_SCAN_COUNT)
+            return [_as_bytes(rkey).decode() for rkey in found]
 
     def close(self) -> None:
         """Close what this tier opened, in every loop it can still reach."""
@@ -332,12 +364,15 @@ class RedisTier:
         await state.batcher.submit("delete", self._key(key))
 
     async def aclear(self, namespace: str) -> None:
+        await self.aunlink_matching(self._match(namespace))
+
+    async def aunlink_matching(self, match: str) -> None:
         client = (await self._loops.get()).client
         with self._guard(self._seed, "clear"):
             if self.cluster:
                 await client.initialize()
             nodes = client.get_primaries() if self.cluster else [None]
-        steps, reply = self._clear_steps(namespace, nodes), None
+        steps, reply = self._clear_steps(match, nodes), None
         with suppress(StopIteration):
             while True:
                 step = steps.send(reply)
@@ -351,8 +386,7 @@ class RedisTier:
 
     # -- clear, written once for both drivers ---------------------------------------------
 
-    def _clear_steps(self, namespace: str, nodes: list[Any]) -> Generator[Step, Any, None]:
-        match = self._match(namespace)
+    def _clear_steps(self, match: str, nodes: list[Any]) -> Generator[Step, Any, None]:
         for node in nodes:
             cursor = 0
             while True:

@@ -3,13 +3,13 @@
 In-process coalescing is ``llmcache.coalesce``; this is its reach across processes.
 
 * A process's leader of a key (its first local miss) takes
-  ``SET <prefix>lease:<key> <token> NX PX <lease>`` before calling the model.
+  ``SET <prefix>~lease:<key> <token> NX PX <lease>`` before calling the model.
   While that leader is alive (its task not done, its frame still on its
   thread's stack) a keeper thread extends the lease every ``lease / 3``
   seconds, compare-and-PEXPIRE, so a long call never loses it; a process that
   dies stops extending, and its lease expires within ``lease`` seconds.
 * When the leader has written its value - or failed - it deletes the lease if
-  it still holds it and publishes the key on ``<prefix>coalesce``, in one
+  it still holds it and publishes the key on ``<prefix>~chan:coalesce``, in one
   script. A failure noticed outside a flow (a done callback, a dead frame) is
   handed to the keeper thread, never done in an event loop.
 * A process whose SET NX fails has its local leader wait for that message (one
@@ -116,7 +116,7 @@ class RedisLeases:
         self._tier = tier
         self.lease = lease
         self.fallback = fallback
-        self.channel = f"{tier.prefix}coalesce"
+        self.channel = tier.channel("coalesce")
         #: Set by the coalescer: releases dead leaders' flights, returns the leases to extend.
         self.tick: Callable[[], list[tuple[str, str]]] | None = None
         self.connected = False  # whether the subscriber is listening (tests, tools)
@@ -132,7 +132,7 @@ class RedisLeases:
         self._pid = 0
 
     def lease_key(self, key: str) -> str:
-        return f"{self._tier.prefix}lease:{key}"
+        return self._tier.internal_key("lease", key)
 
     def attach(self, layers: Layers) -> None:
         """Learn the index the layers address this tier by (for uncounted reads)."""
