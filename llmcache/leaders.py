@@ -102,7 +102,7 @@ class TaskOwner(Owner):
         if self.task.done():
             return False  # the done callback's
         awaited: Any = self.task.get_coro()
-        while awaited is not None and not isinstance(awaited, asyncio.Future):
+        while awaited is not None and not _leaf(awaited):
             if isinstance(awaited, CoroutineType):
                 frame, awaited = awaited.cr_frame, awaited.cr_await
             elif isinstance(awaited, GeneratorType):
@@ -323,6 +323,11 @@ class Leads:
             owner = lead.owner
             if isinstance(owner, TaskOwner) and owner.returned():
                 lead.release()
+
+
+def _leaf(awaited: object) -> bool:
+    """A future, or the iterator C futures hand to ``await``: nothing runs inside it."""
+    return isinstance(awaited, asyncio.Future) or type(awaited).__name__ == "FutureIter"
 
 
 def _watched(owner: Owner) -> bool:

@@ -137,7 +137,12 @@ class ChildLeader:
         return float(at)
 
     def close(self) -> None:
-        _, err = self.process.communicate(timeout=30)
+        try:
+            _, err = self.process.communicate(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.communicate(timeout=30)
         assert self.process.returncode == 0, err
 
 
@@ -155,34 +160,38 @@ def test_when_a_leader_ends_its_follower_proceeds_at_once(
     else:
         leader = Leader(leader_cache, mode, prompt)
         leader.start()
-    held = _leases(url, prefix)
-    assert len(held) == 1  # the leader holds the key's lease
     cache = leader_cache if place == "same cache" and leader_cache else _cache(url, prefix)
-    follower = Follower(cache, prompt, sync)
-    if cache is leader_cache:
-        _wait_until(lambda: _coalescer(cache).followers() == 1)
-    else:
-        # Its own process-local lead, then the lease found held: it waits for it.
-        _wait_until(lambda: _coalescer(cache).in_flight() == 1)
-        time.sleep(0.1)
-    assert follower.result == "not yet"
-    ended_at = leader.end()
-    follower.join()
-    waited = follower.done_at - ended_at
-    print(f"{mode}, {place}: the follower proceeded {waited * 1000:.1f} ms after the end")
-    if mode.endswith("answer"):
-        assert follower.result is not None
-        assert [g.message.content for g in follower.result] == ["the leader's answer"]
-    else:
-        assert follower.result is None  # released: it leads now, and holds the lease
-        now = _leases(url, prefix)
-        assert len(now) >= 1 and all(token not in held.values() for token in now.values())
-    assert waited < BOUND
-    follower.close()
-    leader.close()
-    cache.close()
-    if leader_cache is not None and leader_cache is not cache:
-        leader_cache.close()
+    follower = None
+    try:
+        held = _leases(url, prefix)
+        assert len(held) == 1  # the leader holds the key's lease
+        follower = Follower(cache, prompt, sync)
+        if cache is leader_cache:
+            _wait_until(lambda: _coalescer(cache).followers() == 1)
+        else:
+            # Its own process-local lead, then the lease found held: it waits for it.
+            _wait_until(lambda: _coalescer(cache).in_flight() == 1)
+            time.sleep(0.1)
+        assert follower.result == "not yet"
+        ended_at = leader.end()
+        follower.join()
+        waited = follower.done_at - ended_at
+        print(f"{mode}, {place}: the follower proceeded {waited * 1000:.1f} ms after the end")
+        if mode.endswith("answer"):
+            assert follower.result is not None
+            assert [g.message.content for g in follower.result] == ["the leader's answer"]
+        else:
+            assert follower.result is None  # released: it leads now, and holds the lease
+            now = _leases(url, prefix)
+            assert len(now) >= 1 and all(token not in held.values() for token in now.values())
+        assert waited < BOUND
+    finally:
+        if follower is not None:
+            follower.close()
+        leader.close()
+        cache.close()
+        if leader_cache is not None and leader_cache is not cache:
+            leader_cache.close()
 
 
 # -- a caller never waits on its own lease ----------------------------------------------
@@ -245,10 +254,13 @@ async def test_a_task_never_waits_on_a_lease_it_took_through_another_cache(
 
 def test_code_that_only_looks_holds_one_lead_per_thread() -> None:
     cache = TieredCache(l2=None)
+    before = len(LEADS)
     for i in range(300):
         assert cache.lookup(f"only looking {i}", LLM) is None
     assert _coalescer(cache).in_flight() == 1
-    assert len(LEADS) == 1
+    assert len(LEADS) == before + 1
+    cache.close()
+    assert len(LEADS) == before
 
 
 async def test_code_that_only_looks_holds_one_lead_per_task() -> None:
