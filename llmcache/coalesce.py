@@ -6,22 +6,19 @@ the leader's ``update`` and return its value as a hit (counted "coalesced").
 All of it happens inside ``BaseCache``: a miss is where a call starts, its
 update is where it ends. The registry is keyed by storage key.
 
-A leader that never updates must not strand its followers. The signals:
-
-* asyncio: a done callback on the leader's task. When it ends - raised,
-  cancelled, or returned without updating the key - its followers are released
-  at once. LangChain runs each ``_agenerate_with_cache`` in a task of its own
-  (``agenerate`` gathers them); a task leading several keys releases each at
-  its update, and at its end whatever it still leads.
-* threads: LangChain's sync path calls lookup, the model and update from one
-  frame (``_generate_with_cache``). The flight keeps that frame; waiting
-  followers check every ``poll`` seconds (20 ms) that it is still on its
-  thread's stack (``sys._current_frames``). Gone - it raised, returned without
-  an update, or the thread ended - releases them within ``poll``.
-* a caller asking again for a key it leads (a retry) leads again, never waits on itself.
-* last resort: a leader with no signal at all (an ``alookup`` outside any task)
-  expires after ``lease`` seconds; no follower waits longer than its bound
-  (``wait``: seconds, or a function of the call), then it is a plain miss.
+A leader that never updates must not strand its followers, nor anyone else.
+Who leads, and when that is over, is ``llmcache.leaders``: a lead belongs to a
+call (its thread or task, and the frame that looked up), filed in one registry
+per process. It ends at the update; at the task's end (a done callback); within
+``poll`` (20 ms) of the frame leaving its thread's stack or its task's await
+chain (raised, cancelled, returned without an update: a watcher thread sees
+it); or when the same thread or task looks up again - the same key through any
+cache of the process (it never waits on itself), or another key from the same
+frame (code that only looks holds one lead at a time). Ended by a new lookup,
+the earlier lead's lease is let go before the new one is asked for. Last
+resort: a leader with no signal at all (an ``alookup`` outside any task)
+expires after ``lease`` seconds; no follower waits longer than its bound
+(``wait``: seconds, or a function of the call), then it is a plain miss.
 
 Released followers race to lead; the registry's lock lets exactly one win.
 

@@ -87,7 +87,7 @@ class TaskOwner(Owner):
         self.batch = batch
         # Whether the frame is the task's own coroutine: then the task's end is
         # the call's end, and nothing needs watching.
-        self.watched = frame is not None and task.get_coro().cr_frame is not frame  # type: ignore[union-attr]
+        self.watched = frame is not None and _top(task) is not frame
 
     @property
     def identity(self) -> Hashable:
@@ -175,7 +175,7 @@ def task_owner() -> Owner:
     task = asyncio.current_task()
     if task is None:
         return Owner()
-    frame, batch = _caller(task.get_coro().cr_frame)  # type: ignore[union-attr]
+    frame, batch = _caller(_top(task))
     return TaskOwner(task, frame, batch)
 
 
@@ -323,6 +323,12 @@ class Leads:
             owner = lead.owner
             if isinstance(owner, TaskOwner) and owner.returned():
                 lead.release()
+
+
+def _top(task: asyncio.Task[Any]) -> FrameType | None:
+    """The frame of the task's own coroutine (None for other awaitables)."""
+    frame: FrameType | None = getattr(task.get_coro(), "cr_frame", None)
+    return frame
 
 
 def _leaf(awaited: object) -> bool:
