@@ -6,22 +6,19 @@ the leader's ``update`` and return its value as a hit (counted "coalesced").
 All of it happens inside ``BaseCache``: a miss is where a call starts, its
 update is where it ends. The registry is keyed by storage key.
 
-A leader that never updates must not strand its followers. The signals:
-
-* asyncio: a done callback on the leader's task. When it ends - raised,
-  cancelled, or returned without updating the key - its followers are released
-  at once. LangChain runs each ``_agenerate_with_cache`` in a task of its own
-  (``agenerate`` gathers them); a task leading several keys releases each at
-  its update, and at its end whatever it still leads.
-* threads: LangChain's sync path calls lookup, the model and update from one
-  frame (``_generate_with_cache``). The flight keeps that frame; waiting
-  followers check every ``poll`` seconds (20 ms) that it is still on its
-  thread's stack (``sys._current_frames``). Gone - it raised, returned without
-  an update, or the thread ended - releases them within ``poll``.
-* a caller asking again for a key it leads (a retry) leads again, never waits on itself.
-* last resort: a leader with no signal at all (an ``alookup`` outside any task)
-  expires after ``lease`` seconds; no follower waits longer than its bound
-  (``wait``: seconds, or a function of the call), then it is a plain miss.
+A leader that never updates must not strand its followers, nor anyone else.
+Who leads, and when that is over, is ``llmcache.leaders``: a lead belongs to a
+call (its thread or task, and the frame that looked up), filed in one registry
+per process. It ends at the update; at the task's end (a done callback); within
+``poll`` (20 ms) of the frame leaving its thread's stack or its task's await
+chain (raised, cancelled, returned without an update: a watcher thread sees
+it); or when the same thread or task looks up again - the same key through any
+cache of the process (it never waits on itself), or another key from the same
+frame (code that only looks holds one lead at a time). Ended by a new lookup,
+the earlier lead's lease is let go before the new one is asked for. Last
+resort: a leader with no signal at all (an ``alookup`` outside any task)
+expires after ``lease`` seconds; no follower waits longer than its bound
+(``wait``: seconds, or a function of the call), then it is a plain miss.
 
 Released followers race to lead; the registry's lock lets exactly one win.
 
@@ -42,7 +39,6 @@ import asyncio
 import atexit
 import contextlib
 import os
-import sys
 import threading
 import time
 import weakref
@@ -50,10 +46,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from llmcache.errors import ConfigurationError
+from llmcache.leaders import LEADS, Lead, Owner, TaskOwner, ThreadOwner, task_owner, thread_owner
 from llmcache.serialization import Record
 from llmcache.stats import Counters
 from llmcache.tiers import Flow, Hit, Layers, Tier
@@ -61,7 +57,16 @@ from llmcache.tiers import Flow, Hit, Layers, Tier
 if TYPE_CHECKING:
     from llmcache.backends.redis_lease import RedisLeases
 
-__all__ = ["COALESCED", "Coalescer", "Flight", "Outcome", "Wait", "WaitBound", "remote_leases"]
+__all__ = [
+    "COALESCED",
+    "Coalescer",
+    "Flight",
+    "Joined",
+    "Outcome",
+    "Wait",
+    "WaitBound",
+    "remote_leases",
+]
 
 #: The tier named by a hit that a leader handed over in this process.
 COALESCED: Final = "coalesced"
@@ -150,77 +155,12 @@ def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: A
             loop.call_soon_threadsafe(_settle, future, value)
 
 
-# -- who leads, and how to tell that its call is over --------------------------------
-
-
-class _Owner:
-    """A leader that gives no signal: only the lease expiry ends its flight."""
-
-    polled = True  # followers re-check every ``poll`` seconds
-    expires = True
-
-    def alive(self) -> bool:
-        return True
-
-    def same(self, other: _Owner) -> bool:
-        return False
-
-
-class _TaskOwner(_Owner):
-    polled = False  # its done callback releases the followers
-    expires = False
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-
-    def alive(self) -> bool:
-        # A loop closed under a pending task never runs its done callbacks.
-        return not self.task.done() and not self.task.get_loop().is_closed()
-
-    def same(self, other: _Owner) -> bool:
-        return isinstance(other, _TaskOwner) and other.task is self.task
-
-
-class _ThreadOwner(_Owner):
-    expires = False
-
-    def __init__(self, ident: int, frame: FrameType | None, loop: Any) -> None:
-        self.ident = ident
-        self.frame = frame  # the caller's frame: lookup, model and update all happen in it
-        self.loop = loop  # the event loop running in this thread, if any
-
-    def alive(self) -> bool:
-        frame: FrameType | None = sys._current_frames().get(self.ident)
-        while frame is not None:
-            if frame is self.frame:
-                return True
-            frame = frame.f_back
-        return False
-
-    def same(self, other: _Owner) -> bool:
-        return isinstance(other, _ThreadOwner) and other.ident == self.ident
-
-
-_INTERNAL = frozenset({__name__, "llmcache.tiers", "llmcache.engine", "llmcache.langchain_adapter"})
-
-
-def _thread_owner() -> _Owner:
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__") in _INTERNAL:
-        frame = frame.f_back
-    try:
-        loop: Any = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    return _ThreadOwner(threading.get_ident(), frame, loop)
-
-
-def _blocks_its_leader(follower: _Owner, leader: _Owner) -> bool:
+def _blocks_its_leader(follower: Owner, leader: Owner) -> bool:
     """A blocking wait in the thread of the leader's own event loop would freeze the leader."""
     return (
-        isinstance(follower, _ThreadOwner)
+        isinstance(follower, ThreadOwner)
         and follower.loop is not None
-        and isinstance(leader, _TaskOwner)
+        and isinstance(leader, TaskOwner)
         and leader.task.get_loop() is follower.loop
     )
 
@@ -231,7 +171,7 @@ class Flight:
 
     key: str
     snapshot: Mapping[str, int]
-    owner: _Owner
+    owner: Owner
     started: float
     outcome: Outcome = field(default_factory=Outcome)
     followers: int = 0
@@ -239,6 +179,11 @@ class Flight:
 
 
 # -- the operations (waiting is I/O-like: the drivers block or await) -----------------
+
+#: What a join answers: the leases of the caller's own leads it ended (for the caller to
+#: let go of before asking for one), and to lead (the flight, True), follow (the flight,
+#: False), a value handed over just now (a Hit), or neither (None).
+Joined = tuple[list[tuple["RedisLeases", str, str]], "tuple[Flight, bool] | Hit | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,13 +196,11 @@ class Join:
     mark: int
     what = "join"
 
-    def run(self, target: Coalescer) -> tuple[Flight, bool] | Hit | None:
-        return target.join(self.key, self.snapshot, self.mark, _thread_owner())
+    def run(self, target: Coalescer) -> Joined:
+        return target.join(self.key, self.snapshot, self.mark, thread_owner())
 
-    async def arun(self, target: Coalescer) -> tuple[Flight, bool] | Hit | None:
-        task = asyncio.current_task()
-        owner = _Owner() if task is None else _TaskOwner(task)
-        return target.join(self.key, self.snapshot, self.mark, owner)
+    async def arun(self, target: Coalescer) -> Joined:
+        return target.join(self.key, self.snapshot, self.mark, task_owner())
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +309,14 @@ class Coalescer:
             return None
         deadline = self.clock() + bound
         while True:
-            joined = yield Join(self.index, key, snapshot, mark)
+            answer = yield Join(self.index, key, snapshot, mark)
+            if answer is None:
+                return None  # the join itself failed: a plain miss
+            ended, joined = answer
+            for leases, ended_key, token in ended:
+                # Leads this call ended (its own earlier lookups) let go of their
+                # leases before it asks for one: it never waits on its own.
+                yield from leases.finish_flow(self.index, ended_key, token)
             if joined is None or isinstance(joined, Hit):
                 return joined
             flight, leading = joined
@@ -403,17 +353,39 @@ class Coalescer:
         if flight is not None and flight.token is not None and self.remote is not None:
             yield from self.remote.finish_flow(self.index, key, flight.token)
 
+    def abandon_flow(self, key: str) -> Flow[None]:
+        """The leader's call ended with no answer: its followers race to lead again now.
+
+        For a face that knows its call failed (a stream cut off half-way), so
+        nobody waits for a lead that can no longer end with a value; its Redis
+        lease is let go in this flow.
+        """
+        flight = self._flights.get(key)
+        if flight is None:
+            return
+        held = self.abandon(flight)
+        if held is not None:
+            leases, lease_key, token = held
+            yield from leases.finish_flow(self.index, lease_key, token)
+
     # -- registry operations (thread-safe, never blocking) -----------------------------
 
-    def join(
-        self, key: str, snapshot: Mapping[str, int], mark: int, owner: _Owner
+    def join(self, key: str, snapshot: Mapping[str, int], mark: int, owner: Owner) -> Joined:
+        """Lead, follow, or neither; and the leases of the caller's own leads this ended."""
+        ended = [lead.end() for lead in LEADS.ended_by(owner, key, self)]
+        leases = [lease for lease in ended if lease is not None]
+        return leases, self._join(key, snapshot, mark, owner)
+
+    def _join(
+        self, key: str, snapshot: Mapping[str, int], mark: int, owner: Owner
     ) -> tuple[Flight, bool] | Hit | None:
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and flight.owner.same(owner):
                 # It asks again, so its earlier attempt ended without an update: lead on.
-                if isinstance(owner, _ThreadOwner):
+                if flight.owner is not owner:
                     flight.owner = owner
+                    self._file(flight)
                 return flight, True
             if flight is not None and self._gone(flight):
                 self._release_locked(flight, RETRY)
@@ -428,11 +400,24 @@ class Coalescer:
                 self.counters.add("coalesced")
                 return Hit(held[2], COALESCED, parsed=False)
             flight = self._flights[key] = Flight(key, snapshot, owner, self.clock())
+            self._file(flight)
             if len(self._flights) > self._sweep_at:
                 self._sweep_locked()
-        if isinstance(owner, _TaskOwner):
+        if isinstance(owner, TaskOwner):
             owner.task.add_done_callback(partial(self.release, flight, RETRY))
         return flight, True
+
+    def _file(self, flight: Flight) -> None:
+        """File the flight with the process's leads (under its thread or task)."""
+        lead = Lead(
+            flight.key,
+            flight.owner,
+            self,
+            partial(self._gone, flight),
+            partial(self.release, flight, RETRY),
+            partial(self.abandon, flight),
+        )
+        LEADS.add(flight, lead)
 
     def check(self, flight: Flight) -> None:
         """Release the flight if its leader's call is over (polled by waiting followers)."""
@@ -444,19 +429,30 @@ class Coalescer:
         with self._lock:
             self._release_locked(flight, signal)
 
+    def abandon(self, flight: Flight) -> tuple[RedisLeases, str, str] | None:
+        """End the flight, its leader asking for something else; its lease for the caller to end."""
+        with self._lock:
+            ended = self._release_locked(flight, RETRY, later=False)
+        if not ended or flight.token is None or self.remote is None:
+            return None  # ended already: whoever ended it lets go of the lease
+        return self.remote, flight.key, flight.token
+
     def _gone(self, flight: Flight) -> bool:
         if flight.owner.expires:
             return self.clock() - flight.started >= self.lease
         return not flight.owner.alive()
 
-    def _release_locked(self, flight: Flight, signal: _Signal) -> None:
+    def _release_locked(self, flight: Flight, signal: _Signal, *, later: bool = True) -> bool:
         if self._flights.get(flight.key) is not flight:
-            return
+            return False
         del self._flights[flight.key]
+        LEADS.remove(flight)
         self.counters.add("released")
         flight.outcome.set(signal)
-        if flight.token is not None and self.remote is not None:
+        if later and flight.token is not None and self.remote is not None:
+            # The keeper thread lets go at once (its queue wakes it): never in a loop.
             self.remote.release_later(flight.key, flight.token)
+        return True
 
     def _sweep_locked(self) -> None:
         # Flights whose thread leader failed with nobody following linger until
@@ -472,6 +468,7 @@ class Coalescer:
             flight = self._flights.pop(key, None)
             if flight is None:
                 return None
+            LEADS.remove(flight)
             if record is not None:
                 self.completed += 1
                 self._recent[key] = (self.completed, flight.snapshot, record)

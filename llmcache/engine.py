@@ -171,11 +171,19 @@ class Engine:
             yield from self.coalescer.finish_flow(key, stored, versions)
         return written
 
-    def abandon_flow(self, key: str) -> Flow[None]:
-        """The call for ``key`` ended with no answer: its followers stop waiting now."""
+    def abandon_flow(self, key: str, *, retry: bool = True) -> Flow[None]:
+        """The call for ``key`` ended with no answer to store: its followers stop waiting now.
+
+        ``retry``: one of them leads a new call (the call failed); else each
+        calls on its own (the answer came but cannot be stored, and would not
+        be the next time either).
+        """
         self._pending.take(key)
         if self.coalescer is not None:
-            yield from self.coalescer.finish_flow(key, None, None)
+            if retry:
+                yield from self.coalescer.abandon_flow(key)
+            else:
+                yield from self.coalescer.finish_flow(key, None, None)
 
     def delete_flow(self, key: str) -> Flow[None]:
         return self.layers.delete_flow(key)

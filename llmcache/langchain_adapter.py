@@ -203,7 +203,7 @@ class TieredCache(BaseCache):
         except SerializationError as exc:
             # A value we cannot store exactly is not stored; the call still succeeds.
             self._engine.counters.failure("errors", "encode", exc)
-            yield from self._engine.abandon_flow(key)
+            yield from self._engine.abandon_flow(key, retry=False)
             return 0
         return (yield from self._engine.store_flow(key, payload, dependencies))
 

@@ -15,11 +15,14 @@ from typing import Any
 
 import openai
 import pytest
+from langchain_core.language_models import LLM
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration
+from pydantic import Field
 
 from llmcache import MemoryTier, TieredCache, depends_on
-from llmcache.coalesce import RETRY, Coalescer, _Owner
+from llmcache.coalesce import RETRY, Coalescer
+from llmcache.leaders import Owner
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import ChatFactory, FakeClock
 
@@ -309,7 +312,9 @@ def test_a_thread_leader_that_returns_without_an_update_releases_its_followers()
     print(f"thread leader's frame ended: follower released after {elapsed * 1000:.1f} ms")
     assert results == [None]  # released, it leads now (and would call the model)
     assert elapsed < 0.02 + 0.2  # one poll, plus scheduling slack
-    assert cache.stats().extra["coalesce_released"] == 1
+    # The leader's flight, and perhaps already the lead the released follower
+    # took and left when its own frame ended (the watcher ends it within 20 ms).
+    assert cache.stats().extra["coalesce_released"] in (1, 2)
 
 
 async def test_an_async_follower_is_woken_by_a_leader_in_a_thread() -> None:
@@ -381,10 +386,14 @@ async def test_a_task_leading_two_keys_releases_each_at_its_update_or_its_end() 
 
     async def leader() -> None:
         assert await cache.alookup("k1", "llm") is None
-        assert await cache.alookup("k2", "llm") is None
-        await step.wait()
-        await cache.aupdate("k1", "llm", _answer("one"))
-        # and it ends without an update for k2: that call failed
+
+        async def nested() -> None:  # a call made inside k1's (a tool its model runs)
+            assert await cache.alookup("k2", "llm") is None
+            await step.wait()
+            await cache.aupdate("k1", "llm", _answer("one"))
+            # and it ends without an update for k2: that call failed
+
+        await nested()
 
     lead = asyncio.create_task(leader())
     await _until(lambda: _coalescer(cache).in_flight() == 2)
@@ -467,10 +476,10 @@ def test_a_miss_read_just_before_the_update_still_gets_the_value() -> None:
 
 def test_a_leader_with_no_signal_expires_after_its_lease(clock: FakeClock) -> None:
     coalescer = Coalescer(lease=5.0, clock=clock)
-    joined = coalescer.join("k", {}, 0, _Owner())
-    assert isinstance(joined, tuple) and joined[1] is True
+    ended, joined = coalescer.join("k", {}, 0, Owner())
+    assert ended == [] and isinstance(joined, tuple) and joined[1] is True
     flight = joined[0]
-    assert coalescer.join("k", {}, 0, _Owner()) == (flight, False)
+    assert coalescer.join("k", {}, 0, Owner()) == ([], (flight, False))
     clock.advance(4.9)
     coalescer.check(flight)
     assert coalescer.in_flight() == 1
@@ -506,3 +515,51 @@ def test_bad_settings_are_refused() -> None:
         TieredCache(l2=None, coalesce_wait=-1)
     with pytest.raises(ConfigurationError):
         TieredCache(l2=None, coalesce_lease=0)
+
+
+# -- LangChain's BaseLLM: generate looks its batch up, then calls, then updates ----------
+
+
+class _SlowLLM(LLM):
+    """A completion model that takes 0.3 s a prompt and counts its calls by prompt."""
+
+    calls: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def _llm_type(self) -> str:
+        return "slow-test-llm"
+
+    def _call(self, prompt: str, stop: Any = None, run_manager: Any = None, **kw: Any) -> str:
+        time.sleep(0.3)
+        self.calls[prompt] = self.calls.get(prompt, 0) + 1
+        return f"the answer to {prompt}"
+
+    async def _acall(self, prompt: str, stop: Any = None, run_manager: Any = None, **_: Any) -> str:
+        await asyncio.sleep(0.3)
+        self.calls[prompt] = self.calls.get(prompt, 0) + 1
+        return f"the answer to {prompt}"
+
+
+def test_a_base_llm_batch_leads_every_prompt_it_looked_up() -> None:
+    cache = TieredCache(l2=None, coalesce_wait=30)
+    llm = _SlowLLM(cache=cache)
+    batch = threading.Thread(target=lambda: llm.generate(["p1", "p2", "p3"]))
+    batch.start()
+    _wait_until(lambda: _coalescer(cache).in_flight() == 3)  # one frame leads all three
+    follower = llm.invoke("p1")  # follows the batch's lead of p1
+    batch.join()
+    assert follower == "the answer to p1"
+    assert llm.calls == {"p1": 1, "p2": 1, "p3": 1}
+    assert cache.stats().extra["coalesced"] == 1
+
+
+async def test_a_base_llm_batch_leads_every_prompt_it_looked_up_async() -> None:
+    cache = TieredCache(l2=None, coalesce_wait=30)
+    llm = _SlowLLM(cache=cache)
+    batch = asyncio.create_task(llm.agenerate(["p1", "p2", "p3"]))
+    await _until(lambda: _coalescer(cache).in_flight() == 3)
+    follower = await llm.ainvoke("p1")
+    await batch
+    assert follower == "the answer to p1"
+    assert llm.calls == {"p1": 1, "p2": 1, "p3": 1}
+    assert cache.stats().extra["coalesced"] == 1

@@ -301,11 +301,23 @@ def test_closing_a_cache_that_still_leads_releases_every_lease(
     url, prefix = shared
     cache = TieredCache(l1=None, l2=RedisTier(url, prefix=prefix))
     keys = [f"q{n}" for n in range(5)]
-    for key in keys:
-        assert cache.lookup(key, "llm") is None  # leads each, with a lease in Redis
+    led, hold = threading.Barrier(len(keys) + 1), threading.Event()
+
+    def lead(key: str) -> None:  # one call per thread: a frame leads one key at a time
+        assert cache.lookup(key, "llm") is None  # leads it, with a lease in Redis
+        led.wait(10)
+        hold.wait(10)
+
+    leaders = [threading.Thread(target=lead, args=(key,)) for key in keys]
+    for leader in leaders:
+        leader.start()
+    led.wait(10)
     with redis.Redis.from_url(url) as client:
         assert len(list(client.scan_iter(match=f"{prefix}~lease:*"))) == len(keys)
         cache.close()  # five leaders that will never update
+        hold.set()
+        for leader in leaders:
+            leader.join()
         # Every release was queued before the keeper's stop: none may be dropped,
         # or another process would wait out the lease for each key left.
         assert not list(client.scan_iter(match=f"{prefix}~lease:*"))

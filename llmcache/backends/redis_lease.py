@@ -10,8 +10,11 @@ In-process coalescing is ``llmcache.coalesce``; this is its reach across process
   dies stops extending, and its lease expires within ``lease`` seconds.
 * When the leader has written its value - or failed - it deletes the lease if
   it still holds it and publishes the key on ``<prefix>~chan:coalesce``, in one
-  script. A failure noticed outside a flow (a done callback, a dead frame) is
-  handed to the keeper thread, never done in an event loop.
+  script. A failure noticed outside a flow (a done callback, a frame the
+  watcher of ``llmcache.leaders`` found gone within 20 ms) is handed to the
+  keeper thread, which lets go at once (its queue wakes it), never in an event
+  loop. A lead ended by its own thread's or task's next lookup is let go in
+  that lookup's flow, before it asks for a lease of its own.
 * A process whose SET NX fails has its local leader wait for that message (one
   subscriber thread per process wakes it), reading the tiers again every
   ``fallback`` seconds (0.25) whatever happens: a lost message, a subscriber
