@@ -138,9 +138,14 @@ class ThreadOwner(Owner):
         return ("thread", self.ident)
 
     def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
-        stack = (sys._current_frames() if frames is None else frames).get(self.ident)
+        stack: Any = (sys._current_frames() if frames is None else frames).get(self.ident)
         while stack is not None:
             if stack is self.frame:
+                return True
+            if not isinstance(stack, FrameType):
+                # Another thread's stack moved on while this one walked it (the GIL
+                # switched mid-walk) and ``f_back`` read a reused frame: unknown, so
+                # alive for now; the next round looks again.
                 return True
             stack = stack.f_back
         return False
