@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -28,6 +29,7 @@ from llmcache.config import (
     resolve_l2,
 )
 from llmcache.errors import ConfigurationError, SerializationError, TierError
+from llmcache.fleet import DiskFleetStore, FleetRecorder, FleetStore, RedisFleetStore
 from llmcache.generations import compile_template, dump_generations
 from llmcache.invalidation import (
     DependencyRules,
@@ -62,6 +64,9 @@ class TieredCache(BaseCache):
     (or a function of ``(prompt, llm_string)``; 0 for no waiting); with a Redis
     L2 the leader holds a lease of ``coalesce_lease`` seconds, kept while it
     lives. ``coalesce=False`` switches it off.
+    With a disk or Redis L2, the counters of ``stats()`` are also added to the
+    store every ``stats_interval`` seconds, at ``close()`` and at exit, so that
+    ``llmcache stats`` shows every process's (``llmcache.fleet``; None: never).
     Nothing is opened, created or connected until the first call.
     """
 
@@ -80,6 +85,7 @@ class TieredCache(BaseCache):
         coalesce: bool = True,
         coalesce_wait: WaitBound = 30.0,
         coalesce_lease: float = 10.0,
+        stats_interval: float | None = 10.0,
     ) -> None:
         self.namespace = validate_namespace(namespace)
         self.ttl = check_ttl(ttl)
@@ -111,6 +117,14 @@ class TieredCache(BaseCache):
                 remote=remote_leases(tiers, coalesce_lease),
             )
             self._coalescer.attach(self._layers)
+        if stats_interval is not None and stats_interval <= 0:
+            raise ConfigurationError(f"stats_interval is seconds > 0 or None: {stats_interval!r}")
+        self._fleet = _fleet_recorder(
+            tiers, self.namespace, partial(_totals, self._counters, self._layers, self._coalescer),
+            stats_interval,
+        )  # fmt: skip
+        if self._fleet is not None:
+            self._fleet.attach(self)
 
     @property
     def tiers(self) -> Sequence[Tier]:
@@ -181,28 +195,69 @@ class TieredCache(BaseCache):
             raise TierError(f"could not invalidate {_listed(checked)}: {exc}") from exc
 
     def stats(self) -> CacheStats:
-        """Hits, misses, errors and latency per tier; tokens saved by hits."""
+        """Hits, misses, errors and latency per tier; tokens and cost saved by hits.
+
+        ``print()`` it for a table; ``errors`` counts every error, the tiers' too.
+        """
         counters = self._counters
+        hits, misses = counters.get("hits"), counters.get("misses")
+        tiers = self._layers.stats()
+        sources = _error_sources(counters, self._layers, self._coalescer)
         return CacheStats(
-            lookups=counters.get("hits") + counters.get("misses"),
-            hits=counters.get("hits"),
-            misses=counters.get("misses"),
-            errors=counters.get("errors"),
+            lookups=hits + misses,
+            hits=hits,
+            misses=misses,
+            errors=sum(tier.errors for tier in tiers.values()) + sum(sources.values()),
             tokens_saved=counters.get("tokens_saved"),
-            tiers=self._layers.stats(),
+            tiers=tiers,
             extra=self._coalescer.counts() if self._coalescer is not None else {},
+            namespace=self.namespace,
+            cost_saved_nanos=counters.get("cost_saved_nanos"),
+            tokens_unpriced=counters.get("tokens_unpriced"),
+            errors_by_source=sources,
         )
 
+    def totals(self) -> dict[str, int]:
+        """The whole cache's counts: what ``stats()`` totals and ``llmcache.fleet`` reports."""
+        return _totals(self._counters, self._layers, self._coalescer)
+
+    def flush_stats(self) -> bool:
+        """Add this process's counts since the last report to the L2's fleet-wide counters now.
+
+        Done on its own every ``stats_interval`` seconds, at ``close()`` and at
+        exit; False if the store could not take them (they are kept for the next).
+        """
+        return True if self._fleet is None else self._fleet.flush()
+
+    def instrument(self, meter_provider: Any = None) -> None:
+        """Report this cache's counters and latencies as OpenTelemetry metrics.
+
+        Needs the ``otel`` extra; ``meter_provider`` defaults to the global one.
+        See ``llmcache.metrics`` for the instruments.
+        """
+        from llmcache.metrics import instrument
+
+        instrument(self, self._layers, meter_provider)
+
     def reset_stats(self) -> None:
+        """Zero this process's counters (the fleet-wide ones keep what was reported)."""
+        if self._fleet is not None:
+            self._fleet.flush()  # what was counted so far still counts for the fleet
         self._counters.reset()
         self._layers.reset_stats()
         if self._coalescer is not None:
             self._coalescer.counters.reset()
+        if self._fleet is not None:
+            self._fleet.rebase()
 
     def close(self) -> None:
+        if self._fleet is not None:
+            self._fleet.close()
         self._layers.close()
 
     async def aclose(self) -> None:
+        if self._fleet is not None:
+            self._fleet.close()  # a small local write, or one round trip, at close
         await self._layers.aclose()
 
     def __repr__(self) -> str:
@@ -228,6 +283,8 @@ class TieredCache(BaseCache):
     def _lookup_flow(
         self, key: str, dependencies: frozenset[str], prompt: str, llm_string: str
     ) -> Flow[RETURN_VAL_TYPE | None]:
+        if self._fleet is not None and not self._fleet.started:
+            self._fleet.start()  # once: the first lookup memory alone could not answer
         coalescer = self._coalescer
         mark = coalescer.completed if coalescer is not None else 0
         hit, snapshot = yield from self._layers.get_flow(key, self.namespace, dependencies)
@@ -251,6 +308,8 @@ class TieredCache(BaseCache):
         dependencies = self._dependencies(prompt, llm_string)
         if not return_val or dependencies is None:
             return 0  # an empty list would read back as a hit with no answer
+        if self._fleet is not None and not self._fleet.started:
+            self._fleet.start()
         key = self._keys.key(self.namespace, prompt, llm_string)
         versions = self._pending.take(key) if dependencies else None
         try:
@@ -310,7 +369,7 @@ class TieredCache(BaseCache):
                 # payload too would hold every answer twice (template first, so a
                 # thread that finds no payload finds the template).
                 record.payload = None
-        self._counters.add_hit(template.tokens)
+        self._counters.add_hit(template.tokens, template.nanos)
         return template.build()
 
 
@@ -325,6 +384,56 @@ def _listed(names: frozenset[str], most: int = 5) -> str:
     shown = sorted(names)[:most]
     more = f" and {len(names) - most} more" if len(names) > most else ""
     return ", ".join(repr(name[:80]) for name in shown) + more
+
+
+def _error_sources(
+    counters: Counters, layers: Layers, coalescer: Coalescer | None
+) -> dict[str, int]:
+    """Errors counted outside the tiers, by where: the cache's own, the version store's, ..."""
+    sources = {"cache": counters.get("errors")}
+    others = [*layers.other_errors().items()]
+    if coalescer is not None:
+        others.append((coalescer.counters.name, coalescer.counters.get("errors")))
+        if coalescer.remote is not None:
+            remote = coalescer.remote.counters
+            others.append((remote.name, remote.get("errors")))
+    for name, errors in others:
+        sources[name] = sources.get(name, 0) + errors
+    return sources
+
+
+def _totals(counters: Counters, layers: Layers, coalescer: Coalescer | None) -> dict[str, int]:
+    """The whole cache's counts. Holds no cache: a fleet recorder calls it as its cache dies."""
+    return {
+        "hits": counters.get("hits"),
+        "misses": counters.get("misses"),
+        "errors": layers.tier_totals("errors")
+        + sum(_error_sources(counters, layers, coalescer).values()),
+        "coalesced": 0 if coalescer is None else coalescer.counters.get("coalesced"),
+        "stale": layers.tier_totals("stale"),
+        "corrupt": layers.tier_totals("corrupt"),
+        "tokens_saved": counters.get("tokens_saved"),
+        "cost_saved_nanos": counters.get("cost_saved_nanos"),
+        "tokens_unpriced": counters.get("tokens_unpriced"),
+    }
+
+
+def _fleet_recorder(
+    tiers: Sequence[Tier],
+    namespace: str,
+    totals: Callable[[], dict[str, int]],
+    interval: float | None,
+) -> FleetRecorder | None:
+    """A recorder into the widest tier's store (Redis, else disk); None with neither."""
+    if interval is None:
+        return None
+    for tier in reversed(tiers):
+        if is_redis_tier(tier):
+            store: FleetStore = RedisFleetStore(tier._client, tier.prefix)  # type: ignore[attr-defined]
+            return FleetRecorder(store, namespace, totals, interval=interval)
+        if isinstance(tier, DiskTier):
+            return FleetRecorder(DiskFleetStore(tier.path), namespace, totals, interval=interval)
+    return None
 
 
 def _default_versions(tiers: Sequence[Tier]) -> VersionStore:
