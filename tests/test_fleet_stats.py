@@ -60,11 +60,11 @@ def _children(where: str, prefix: str, endings: list[str], n: int = 5) -> None:
             text=True,
             env=env,
             cwd=ROOT,
-        )  # fmt: skip
+        )
         for i, ending in enumerate(endings)
     ]
     for proc in procs:
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
 
 
