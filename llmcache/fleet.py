@@ -63,9 +63,13 @@ STATS_FILE = "stats.sqlite"
 
 
 class FleetStore(Protocol):
-    """Where reports go: ``add`` adds deltas atomically (or raises, having added nothing)."""
+    """Where reports go: ``add`` adds deltas atomically (or raises, having added nothing).
 
-    def add(self, namespace: str, deltas: Mapping[str, int], now: int) -> None: ...
+    It returns False, having added nothing, when the store does not exist yet
+    (the deltas are kept for a later report).
+    """
+
+    def add(self, namespace: str, deltas: Mapping[str, int], now: int) -> bool: ...
 
 
 def fleet_key(prefix: str, namespace: str) -> str:
@@ -79,13 +83,14 @@ class RedisFleetStore:
         self._client = client  # the tier's: opened lazily, closed with the tier
         self.prefix = prefix
 
-    def add(self, namespace: str, deltas: Mapping[str, int], now: int) -> None:
+    def add(self, namespace: str, deltas: Mapping[str, int], now: int) -> bool:
         pipe = self._client().pipeline(transaction=True)
         key = fleet_key(self.prefix, namespace)
         for name, amount in deltas.items():
             pipe.hincrby(key, name, amount)
         pipe.hset(key, UPDATED, now)
         pipe.execute()
+        return True
 
 
 class DiskFleetStore:
@@ -94,8 +99,9 @@ class DiskFleetStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
 
-    def add(self, namespace: str, deltas: Mapping[str, int], now: int) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def add(self, namespace: str, deltas: Mapping[str, int], now: int) -> bool:
+        if not self.directory.is_dir():
+            return False  # nothing was ever written here: a report must not create the cache
         db = sqlite3.connect(self.directory / STATS_FILE, timeout=10, isolation_level=None)
         with contextlib.closing(db):
             db.execute("PRAGMA journal_mode=WAL")
@@ -118,6 +124,7 @@ class DiskFleetStore:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
+        return True
 
 
 _CREATE = (
@@ -224,7 +231,8 @@ class FleetRecorder:
             if self._first:
                 deltas[PROCESSES] = 1
             try:
-                self.store.add(self.namespace, deltas, int(self.clock()))
+                if not self.store.add(self.namespace, deltas, int(self.clock())):
+                    return True  # no store yet: nothing lost, the deltas wait for it
             except Exception as exc:  # a report is never worth an exception: try again later
                 self.failures += 1
                 level = logging.DEBUG if self._logged else logging.WARNING

@@ -193,3 +193,12 @@ def test_stats_interval_is_checked(tmp_path: Path) -> None:
         TieredCache(l2=DiskTier(tmp_path), stats_interval=0)
     TieredCache(l2=DiskTier(tmp_path), stats_interval=None).lookup("p", "l")
     assert not (tmp_path / STATS_FILE).exists()
+
+
+def test_a_report_never_creates_the_cache_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "never-written"
+    cache = TieredCache(l2=DiskTier(directory), stats_interval=3600)
+    assert cache.lookup("p", "l") is None  # a miss to report, and nothing written
+    assert cache.flush_stats()
+    cache.close()
+    assert not directory.exists()
