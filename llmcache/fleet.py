@@ -253,7 +253,6 @@ class FleetRecorder:
         self._lock = threading.Lock()
         self._reported = dict(self._totals())
         self._first = True
-        self.started = False
 
 
 class _Flusher:
@@ -298,13 +297,18 @@ class _Flusher:
             self._wake.clear()
 
     def _forked(self) -> None:
-        # The thread did not come along into the child.
+        # The thread did not come along into the child: a new one reports the
+        # child's own counts of the caches the parent had started (a prefork
+        # server's workers may serve from a warm memory tier and never reach
+        # the slow path that starts a recorder).
         self._lock = threading.Lock()
         self._thread = None
         self._wake = threading.Event()
         self._recorders = weakref.WeakSet()
         for recorder in list(_ALL):
             recorder._forked()
+            if recorder.started:
+                self.add(recorder)
 
 
 _ALL: weakref.WeakSet[FleetRecorder] = weakref.WeakSet()

@@ -202,3 +202,25 @@ def test_a_report_never_creates_the_cache_directory(tmp_path: Path) -> None:
     assert cache.flush_stats()
     cache.close()
     assert not directory.exists()
+
+
+def test_a_forked_child_reports_its_own_counts_only(tmp_path: Path) -> None:
+    cache = TieredCache(l2=DiskTier(tmp_path), stats_interval=3600)
+    cache.update("p", "l", _answer())
+    for _ in range(3):
+        assert cache.lookup("p", "l") is not None  # the parent's 3 hits, not reported yet
+    pid = os.fork()
+    if pid == 0:  # the child: 2 hits from the memory tier it inherited, then close
+        code = 1
+        try:
+            hits = [cache.lookup("p", "l") is not None for _ in range(2)]
+            cache.close()
+            code = 0 if all(hits) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert read_disk(tmp_path)["default"]["hits"] == 2  # the child's own, once
+    cache.close()
+    usage = read_disk(tmp_path)["default"]
+    assert usage["hits"] == 5 and usage["processes"] == 2
