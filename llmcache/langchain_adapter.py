@@ -8,6 +8,7 @@ with blocking calls (``lookup``/``update``) or awaits (``alookup``/``aupdate``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -257,7 +258,9 @@ class TieredCache(BaseCache):
 
     async def aclose(self) -> None:
         if self._fleet is not None:
-            self._fleet.close()  # a small local write, or one round trip, at close
+            # A last report: a small local write or one round trip, off the event
+            # loop (a Redis that is down would hold it for a connect timeout).
+            await asyncio.to_thread(self._fleet.close)
         await self._layers.aclose()
 
     def __repr__(self) -> str:
