@@ -217,9 +217,10 @@ def _print_usage(usage: dict[str, dict[str, int]]) -> None:
     from llmcache import stats_view as view
 
     if not usage:
-        print("usage: none reported yet (each process reports every 10 s, at close and at exit)")
+        print("usage: none reported yet (a cache reports every stats_interval, 10 s by default,"
+              " at close and at exit)")  # fmt: skip
         return
-    print("usage reported by every process that used it (each reports every 10 s and at exit):")
+    print("usage reported by every process that used it (each every stats_interval and at exit):")
     rows = [("namespace", "processes", "lookups", "hit rate", "calls made", "calls saved",
              "tokens saved", "cost saved", "errors", "last report (UTC)")]  # fmt: skip
     for name in sorted(usage):
