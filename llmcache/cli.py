@@ -147,7 +147,9 @@ _ONE_NAMESPACE_HELP = (
 
 def _add_stats(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
-        "stats", help="entries and bytes per namespace in a cache directory or Redis"
+        "stats",
+        help="entries and bytes per namespace in a cache directory or Redis, and the hit rate,"
+        " calls, tokens and cost saved that every process using it reported",
     )
     _add_store_arguments(parser, "only this namespace (default: all)")
     parser.set_defaults(handler=_stats)
@@ -164,24 +166,87 @@ def _add_clear(subparsers: _Subparsers) -> None:
 def _stats(args: argparse.Namespace) -> int:
     namespace = None if args.namespace is None else validate_namespace(args.namespace)
     where, counts = _inventory(args, namespace)
-    if not counts:
+    usage = _fleet_usage(args, namespace)
+    if not counts and not usage:
         suffix = "" if namespace is None else f" in namespace {namespace!r}"
         print(f"{where}: no entries{suffix}")
         return 0
-    rows = [("namespace", "entries", "size", "expired")]
-    rows += [(name, *_cells(counts[name])) for name in sorted(counts)]
-    if len(counts) > 1:
-        sizes = [count.size for count in counts.values()]
-        total = _Count(
-            sum(count.entries for count in counts.values()),
-            None if None in sizes else sum(size or 0 for size in sizes),
-            sum(count.expired for count in counts.values()),
-        )
-        rows.append(("(total)", *_cells(total)))
     print(where)
+    if counts:
+        rows = [("namespace", "entries", "size", "expired")]
+        rows += [(name, *_cells(counts[name])) for name in sorted(counts)]
+        if len(counts) > 1:
+            sizes = [count.size for count in counts.values()]
+            total = _Count(
+                sum(count.entries for count in counts.values()),
+                None if None in sizes else sum(size or 0 for size in sizes),
+                sum(count.expired for count in counts.values()),
+            )
+            rows.append(("(total)", *_cells(total)))
+        for line in _table(rows):
+            print(f"  {line}")
+    else:
+        print("  no entries")
+    _print_usage(usage)
+    return 0
+
+
+def _fleet_usage(args: argparse.Namespace, namespace: str | None) -> dict[str, dict[str, int]]:
+    """What every process that used the store reported (``llmcache.fleet``), per namespace."""
+    from llmcache import fleet
+
+    if args.url is None:
+        directory = _directory(args)
+        try:
+            return fleet.read_disk(directory, namespace)
+        except (OSError, sqlite3.Error) as exc:
+            raise TierError(f"cannot read {directory / fleet.STATS_FILE}: {exc}") from exc
+    try:
+        import redis
+    except ImportError as exc:
+        raise ConfigurationError(f"a Redis URL needs the redis extra ({exc})") from exc
+    try:
+        client = redis.Redis.from_url(args.url, socket_timeout=5, socket_connect_timeout=5)
+        with contextlib.closing(client):
+            return fleet.read_redis(client, args.prefix, namespace)
+    except (redis.RedisError, ValueError) as exc:
+        raise TierError(f"cannot read {_redact(args.url)}: {exc}") from exc
+
+
+def _print_usage(usage: dict[str, dict[str, int]]) -> None:
+    from llmcache import stats_view as view
+
+    if not usage:
+        print("usage: none reported yet (a cache reports every stats_interval, 10 s by default,"
+              " at close and at exit)")  # fmt: skip
+        return
+    print("usage reported by every process that used it (each every stats_interval and at exit):")
+    rows = [("namespace", "processes", "lookups", "hit rate", "calls made", "calls saved",
+             "tokens saved", "cost saved", "errors", "last report (UTC)")]  # fmt: skip
+    for name in sorted(usage):
+        got = usage[name]
+        hits, misses = got.get("hits", 0), got.get("misses", 0)
+        updated = got.get("updated_at")
+        rows.append(
+            (
+                name,
+                view.count(got.get("processes", 0)),
+                view.count(hits + misses),
+                view.percent(hits, hits + misses),
+                view.count(misses),
+                view.count(hits),
+                view.count(got.get("tokens_saved", 0)),
+                view.cost(got.get("cost_saved_nanos", 0), got.get("tokens_unpriced", 0)),
+                view.count(got.get("errors", 0)),
+                "-"
+                if updated is None
+                else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(updated)),
+            )
+        )
     for line in _table(rows):
         print(f"  {line}")
-    return 0
+    print("  (processes: caches that reported; cost: llmcache.pricing, from LangChain's OpenAI"
+          " price table; unknown where a model has no price)")  # fmt: skip
 
 
 def _cells(count: _Count) -> tuple[str, str, str]:
@@ -284,7 +349,9 @@ def _directory(args: argparse.Namespace) -> Path:
 
 def _holds_a_store(directory: Path) -> bool:
     """A cache directory has diskcache's database, or a DiskTier's version store."""
-    return (directory / "cache.db").is_file() or (directory / "versions.sqlite").is_file()
+    return any(
+        (directory / name).is_file() for name in ("cache.db", "versions.sqlite", "stats.sqlite")
+    )
 
 
 def _inventory(

@@ -11,6 +11,7 @@ runs with blocking calls (:meth:`run`) or awaits (:meth:`arun`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from llmcache.coalesce import Coalescer, WaitBound, remote_leases
 from llmcache.config import DEFAULT, Default, check_ttl, is_redis_tier, resolve_l1, resolve_l2
 from llmcache.disk_versions import DiskVersions
 from llmcache.errors import ConfigurationError, SerializationError, TierError
+from llmcache.fleet import DiskFleetStore, FleetRecorder, FleetStore, RedisFleetStore
 from llmcache.invalidation import (
     MemoryVersions,
     PendingSnapshots,
@@ -62,6 +64,7 @@ class Engine:
         coalesce: bool = True,
         coalesce_wait: WaitBound = 30.0,
         coalesce_lease: float = 10.0,
+        stats_interval: float | None = 10.0,
         on_unsigned_shared: Callable[[], None] | None = None,
     ) -> None:
         self.namespace = validate_namespace(namespace)
@@ -93,6 +96,13 @@ class Engine:
                 remote=remote_leases(tiers, coalesce_lease),
             )
             self.coalescer.attach(self.layers)
+        if stats_interval is not None and stats_interval <= 0:
+            raise ConfigurationError(f"stats_interval is seconds > 0 or None: {stats_interval!r}")
+        # Counts added to the widest store now and then, so that `llmcache stats`
+        # shows every process's (llmcache.fleet). Holds no reference to the engine.
+        self.fleet = _fleet_recorder(tiers, self.namespace, self._totals_function(), stats_interval)
+        if self.fleet is not None:
+            self.fleet.attach(self)
 
     @property
     def tiers(self) -> Sequence[Tier]:
@@ -125,6 +135,8 @@ class Engine:
         A miss counts here; a hit is counted by the face once it has made an
         answer of the record (it may still find the record unusable).
         """
+        if self.fleet is not None and not self.fleet.started:
+            self.fleet.start()  # once: the first lookup memory alone could not answer
         coalescer = self.coalescer
         mark = coalescer.completed if coalescer is not None else 0
         hit, snapshot = yield from self.layers.get_flow(key, self.namespace, dependencies)
@@ -152,6 +164,8 @@ class Engine:
         stored exactly is not stored (counted as an error); the caller's call
         has its answer either way. Returns how many tiers took it.
         """
+        if self.fleet is not None and not self.fleet.started:
+            self.fleet.start()
         versions = self._pending.take(key) if dependencies else None
         ttl = self.ttl if ttl is None else ttl
         stored: Any | None = payload
@@ -239,27 +253,68 @@ class Engine:
         return report
 
     def stats(self) -> CacheStats:
+        """Hits, misses, errors and latency per tier; tokens and cost saved by hits.
+
+        ``errors`` counts every error, the tiers' too.
+        """
         counters = self.counters
+        hits, misses = counters.get("hits"), counters.get("misses")
+        tiers = self.layers.stats()
+        sources = _error_sources(counters, self.layers, self.coalescer)
         return CacheStats(
-            lookups=counters.get("hits") + counters.get("misses"),
-            hits=counters.get("hits"),
-            misses=counters.get("misses"),
-            errors=counters.get("errors"),
+            lookups=hits + misses,
+            hits=hits,
+            misses=misses,
+            errors=sum(tier.errors for tier in tiers.values()) + sum(sources.values()),
             tokens_saved=counters.get("tokens_saved"),
-            tiers=self.layers.stats(),
+            tiers=tiers,
             extra=self.coalescer.counts() if self.coalescer is not None else {},
+            namespace=self.namespace,
+            cost_saved_nanos=counters.get("cost_saved_nanos"),
+            tokens_unpriced=counters.get("tokens_unpriced"),
+            errors_by_source=sources,
         )
 
+    def totals(self) -> dict[str, int]:
+        """The whole cache's counts: what ``stats()`` totals and ``llmcache.fleet`` reports."""
+        return _totals(self.counters, self.layers, self.coalescer)
+
+    def _totals_function(self) -> Callable[[], dict[str, int]]:
+        # Not a bound method: the fleet recorder must not keep the engine alive.
+        counters, layers, coalescer = self.counters, self.layers, self.coalescer
+        return lambda: _totals(counters, layers, coalescer)
+
+    def flush_stats(self) -> bool:
+        """Add this process's counts since the last report to the fleet-wide counters now."""
+        return True if self.fleet is None else self.fleet.flush()
+
+    def instrument(self, meter_provider: Any = None) -> None:
+        """Report this engine's counters and latencies as OpenTelemetry metrics (``otel`` extra)."""
+        from llmcache.metrics import instrument
+
+        instrument(self, self.layers, meter_provider)
+
     def reset_stats(self) -> None:
+        """Zero this process's counters (the fleet-wide ones keep what was reported)."""
+        if self.fleet is not None:
+            self.fleet.flush()  # what was counted so far still counts for the fleet
         self.counters.reset()
         self.layers.reset_stats()
         if self.coalescer is not None:
             self.coalescer.counters.reset()
+        if self.fleet is not None:
+            self.fleet.rebase()
 
     def close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.close()
         self.layers.close()
 
     async def aclose(self) -> None:
+        if self.fleet is not None:
+            # A last report: a small local write or one round trip, off the event
+            # loop (a Redis that is down would hold it for a connect timeout).
+            await asyncio.to_thread(self.fleet.close)
         await self.layers.aclose()
 
 
@@ -287,3 +342,53 @@ def default_versions(tiers: Sequence[Tier]) -> VersionStore:
         if isinstance(tier, DiskTier):
             return DiskVersions(tier.path)
     return MemoryVersions()
+
+
+def _error_sources(
+    counters: Counters, layers: Layers, coalescer: Coalescer | None
+) -> dict[str, int]:
+    """Errors counted outside the tiers, by where: the cache's own, the version store's, ..."""
+    sources = {"cache": counters.get("errors")}
+    others = [*layers.other_errors().items()]
+    if coalescer is not None:
+        others.append((coalescer.counters.name, coalescer.counters.get("errors")))
+        if coalescer.remote is not None:
+            remote = coalescer.remote.counters
+            others.append((remote.name, remote.get("errors")))
+    for name, errors in others:
+        sources[name] = sources.get(name, 0) + errors
+    return sources
+
+
+def _totals(counters: Counters, layers: Layers, coalescer: Coalescer | None) -> dict[str, int]:
+    """The whole cache's counts. Holds no cache: a fleet recorder calls it as its cache dies."""
+    return {
+        "hits": counters.get("hits"),
+        "misses": counters.get("misses"),
+        "errors": layers.tier_totals("errors")
+        + sum(_error_sources(counters, layers, coalescer).values()),
+        "coalesced": 0 if coalescer is None else coalescer.counters.get("coalesced"),
+        "stale": layers.tier_totals("stale"),
+        "corrupt": layers.tier_totals("corrupt"),
+        "tokens_saved": counters.get("tokens_saved"),
+        "cost_saved_nanos": counters.get("cost_saved_nanos"),
+        "tokens_unpriced": counters.get("tokens_unpriced"),
+    }
+
+
+def _fleet_recorder(
+    tiers: Sequence[Tier],
+    namespace: str,
+    totals: Callable[[], dict[str, int]],
+    interval: float | None,
+) -> FleetRecorder | None:
+    """A recorder into the widest tier's store (Redis, else disk); None with neither."""
+    if interval is None:
+        return None
+    for tier in reversed(tiers):
+        if is_redis_tier(tier):
+            store: FleetStore = RedisFleetStore(tier._client, tier.prefix)  # type: ignore[attr-defined]
+            return FleetRecorder(store, namespace, totals, interval=interval)
+        if isinstance(tier, DiskTier):
+            return FleetRecorder(DiskFleetStore(tier.path), namespace, totals, interval=interval)
+    return None

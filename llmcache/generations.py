@@ -31,8 +31,16 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from llmcache.errors import SerializationError
+from llmcache.pricing import answer_cost
 
-__all__ = ["Template", "compile_template", "dump_generations", "load_generations", "usage_tokens"]
+__all__ = [
+    "Template",
+    "compile_template",
+    "dump_generations",
+    "load_generations",
+    "usage_cost",
+    "usage_tokens",
+]
 
 _GENERATIONS: dict[str, type[Generation]] = {
     cls.__name__: cls for cls in (Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk)
@@ -140,11 +148,13 @@ class Template:
     objects: mutating what a hit returned never changes the cache.
     """
 
-    __slots__ = ("_parts", "tokens")
+    __slots__ = ("_parts", "nanos", "tokens")
 
-    def __init__(self, parts: list[_Part], tokens: int) -> None:
+    def __init__(self, parts: list[_Part], tokens: int, nanos: int = 0) -> None:
         self._parts = parts
         self.tokens = tokens  #: what the stored response cost upstream (0 when unknown)
+        #: ... and in nano-dollars (0 with no tokens, pricing.UNKNOWN with no known price)
+        self.nanos = nanos
 
     def build(self) -> list[Generation]:
         generations: list[Generation] = []
@@ -188,6 +198,7 @@ def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Tem
     if not isinstance(payload, list) or not payload:
         raise SerializationError("stored generations are not a non-empty list")
     tokens = usage_tokens(payload)
+    nanos = usage_cost(payload) if tokens else 0
     try:
         parts = [_compile_one(item, reusable=reusable or not owned) for item in payload]
     except RecursionError as exc:  # JSON nested deeper than we copy
@@ -195,7 +206,7 @@ def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Tem
     if not owned:
         for part in parts:
             part.fresh = None
-    return Template(parts, tokens)
+    return Template(parts, tokens, nanos)
 
 
 def _compile_one(item: Any, *, reusable: bool) -> _Part:
@@ -363,3 +374,17 @@ def usage_tokens(payload: Any) -> int:
     except (LookupError, TypeError, AttributeError):
         return 0
     return total if isinstance(total, int) and total > 0 else 0
+
+
+def usage_cost(payload: Any) -> int:
+    """What the stored response cost upstream in nano-dollars (see ``pricing.answer_cost``)."""
+    try:
+        fields = payload[0]["message"]["fields"]
+        usage = fields.get("usage_metadata") or {}
+        metadata = fields.get("response_metadata") or {}
+        model = metadata.get("model_name") or metadata.get("model")
+    except (LookupError, TypeError, AttributeError):
+        return 0
+    if not isinstance(usage, dict):
+        return 0
+    return answer_cost(usage, model if isinstance(model, str) else None)

@@ -46,6 +46,9 @@ class TieredCache(BaseCache):
     (or a function of ``(prompt, llm_string)``; 0 for no waiting); with a Redis
     L2 the leader holds a lease of ``coalesce_lease`` seconds, kept while it
     lives. ``coalesce=False`` switches it off.
+    With a disk or Redis L2, the counters of ``stats()`` are also added to the
+    store every ``stats_interval`` seconds, at ``close()`` and at exit, so that
+    ``llmcache stats`` shows every process's (``llmcache.fleet``; None: never).
     Nothing is opened, created or connected until the first call.
     """
 
@@ -64,6 +67,7 @@ class TieredCache(BaseCache):
         coalesce: bool = True,
         coalesce_wait: WaitBound = 30.0,
         coalesce_lease: float = 10.0,
+        stats_interval: float | None = 10.0,
     ) -> None:
         self._engine = Engine(
             l1=l1,
@@ -77,6 +81,7 @@ class TieredCache(BaseCache):
             coalesce=coalesce,
             coalesce_wait=coalesce_wait,
             coalesce_lease=coalesce_lease,
+            stats_interval=stats_interval,
             on_unsigned_shared=_warn_unsigned_shared,
         )
         self.namespace = self._engine.namespace
@@ -151,8 +156,31 @@ class TieredCache(BaseCache):
         return self._engine.gc()
 
     def stats(self) -> CacheStats:
-        """Hits, misses, errors and latency per tier; tokens saved by hits."""
+        """Hits, misses, errors and latency per tier; tokens and cost saved by hits.
+
+        ``print()`` it for a table; ``errors`` counts every error, the tiers' too.
+        """
         return self._engine.stats()
+
+    def totals(self) -> dict[str, int]:
+        """The whole cache's counts: what ``stats()`` totals and ``llmcache.fleet`` reports."""
+        return self._engine.totals()
+
+    def flush_stats(self) -> bool:
+        """Add this process's counts since the last report to the L2's fleet-wide counters now.
+
+        Done on its own every ``stats_interval`` seconds, at ``close()`` and at
+        exit; False if the store could not take them (they are kept for the next).
+        """
+        return self._engine.flush_stats()
+
+    def instrument(self, meter_provider: Any = None) -> None:
+        """Report this cache's counters and latencies as OpenTelemetry metrics.
+
+        Needs the ``otel`` extra; ``meter_provider`` defaults to the global one.
+        See ``llmcache.metrics`` for the instruments.
+        """
+        self._engine.instrument(meter_provider)
 
     def reset_stats(self) -> None:
         self._engine.reset_stats()
@@ -245,7 +273,7 @@ class TieredCache(BaseCache):
                 # payload too would hold every answer twice (template first, so a
                 # thread that finds no payload finds the template).
                 record.payload = None
-        self._engine.counters.add_hit(template.tokens)
+        self._engine.counters.add_hit(template.tokens, template.nanos)
         return template.build()
 
 

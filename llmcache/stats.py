@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmcache.stats_view import render
+
 __all__ = ["CacheStats", "Counters", "TierStats", "percentile"]
 
 logger = logging.getLogger("llmcache")
@@ -54,7 +56,15 @@ class TierStats:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """A snapshot of a whole cache: what ``TieredCache.stats()`` returns."""
+    """A snapshot of a whole cache: what ``TieredCache.stats()`` returns.
+
+    ``print()`` it for a table (:func:`llmcache.stats_view.render`); read its
+    fields or ``as_dict()`` in programs. ``errors`` is every error the cache
+    counted: its tiers', its version store's, coalescing's and its own
+    (``errors_by_source`` splits them). ``cost_saved_usd`` prices the tokens
+    saved whose model has a known price (``llmcache.pricing``);
+    ``tokens_unpriced`` are saved tokens of models with no known price.
+    """
 
     lookups: int
     hits: int
@@ -63,10 +73,24 @@ class CacheStats:
     tokens_saved: int
     tiers: dict[str, TierStats] = field(default_factory=dict)
     extra: dict[str, int] = field(default_factory=dict)
+    namespace: str = ""
+    cost_saved_nanos: int = 0
+    tokens_unpriced: int = 0
+    #: Errors outside the tiers, by source ("cache", "versions:disk", "coalesce", ...).
+    errors_by_source: dict[str, int] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def coalesced(self) -> int:
+        return self.extra.get("coalesced", 0)
+
+    @property
+    def cost_saved_usd(self) -> float:
+        """The cost of the saved tokens whose price is known (see ``tokens_unpriced``)."""
+        return self.cost_saved_nanos / 1e9
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,12 +100,18 @@ class CacheStats:
             "errors": self.errors,
             "hit_rate": self.hit_rate,
             "tokens_saved": self.tokens_saved,
+            "cost_saved_usd": self.cost_saved_usd,
+            "tokens_unpriced": self.tokens_unpriced,
+            "errors_by_source": dict(self.errors_by_source),
             **self.extra,
             "tiers": {
                 name: {**tier.__dict__, "hit_rate": tier.hit_rate}
                 for name, tier in self.tiers.items()
             },
         }
+
+    def __str__(self) -> str:
+        return render(self)
 
 
 class _Shard:
@@ -138,17 +168,40 @@ class Counters:
             counts = self._new_shard()
         counts[counter] = counts.get(counter, 0) + amount
 
-    def add_hit(self, tokens: int) -> None:
-        """A hit and the tokens it saved (the commonest count)."""
+    def add_hit(self, tokens: int, nanos: int = 0) -> None:
+        """A hit, the tokens it saved and their cost (the commonest count).
+
+        ``nanos``: nano-dollars, 0 when nothing to price, negative when the
+        model's price is unknown (``pricing.UNKNOWN``): its tokens are unpriced.
+        """
         try:
             counts: dict[str, int] = self._local.shard.counts
         except AttributeError:
             counts = self._new_shard()
         counts["hits"] = counts.get("hits", 0) + 1
         counts["tokens_saved"] = counts.get("tokens_saved", 0) + tokens
+        if nanos:
+            if nanos > 0:
+                counts["cost_saved_nanos"] = counts.get("cost_saved_nanos", 0) + nanos
+            else:
+                counts["tokens_unpriced"] = counts.get("tokens_unpriced", 0) + tokens
 
     def observe(self, seconds: float) -> None:
         self._latencies.append(seconds)  # deque.append is atomic
+
+    def tap(self, sink: deque[float]) -> None:
+        """Also append every latency observed from now on to ``sink`` (metrics export).
+
+        It shadows ``observe`` with an instance attribute, so counters nobody
+        taps pay nothing for the possibility: no flag is checked on a hit.
+        """
+        previous = self.observe  # another tap's, or the plain one
+
+        def observe(seconds: float) -> None:
+            previous(seconds)
+            sink.append(seconds)
+
+        self.observe = observe  # type: ignore[method-assign]
 
     def get(self, counter: str) -> int:
         with self._lock:

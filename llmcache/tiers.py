@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import (
     Awaitable,
     Callable,
@@ -635,6 +636,22 @@ class Layers:
 
     def version_errors(self) -> int:
         return self._counters[self._versions_index].get("errors")
+
+    def tier_totals(self, counter: str) -> int:
+        """One counter summed over the tiers."""
+        return sum(counters.get(counter) for counters in self._counters[: self._versions_index])
+
+    def other_errors(self) -> dict[str, int]:
+        """Errors of the targets that are not tiers (the version store, attached ones), by name."""
+        return {
+            counters.name: counters.get("errors")
+            for counters in self._counters[self._versions_index :]
+        }
+
+    def tap(self, sinks: Callable[[str], deque[float]]) -> None:
+        """Copy every tier's lookup latencies (seconds) into ``sinks(tier name)`` from now on."""
+        for counters in self._counters[: self._versions_index]:
+            counters.tap(sinks(counters.name))
 
     def reset_stats(self) -> None:
         for counters in self._counters:
