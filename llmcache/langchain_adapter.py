@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
@@ -42,6 +42,9 @@ from llmcache.keys import KeyMemo, validate_namespace
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
 from llmcache.stats import CacheStats, Counters
 from llmcache.tiers import Flow, Layers, Tier
+
+if TYPE_CHECKING:
+    from llmcache.semantic.tier import SemanticHit, SemanticTier
 
 __all__ = ["TieredCache", "default_directory"]
 
@@ -80,6 +83,7 @@ class TieredCache(BaseCache):
         coalesce: bool = True,
         coalesce_wait: WaitBound = 30.0,
         coalesce_lease: float = 10.0,
+        semantic: SemanticTier | None = None,
     ) -> None:
         self.namespace = validate_namespace(namespace)
         self.ttl = check_ttl(ttl)
@@ -111,6 +115,11 @@ class TieredCache(BaseCache):
                 remote=remote_leases(tiers, coalesce_lease),
             )
             self._coalescer.attach(self._layers)
+        self._semantic = semantic
+        if semantic is not None:
+            # Consulted only after the exact tiers miss; its entries point at exact entries.
+            disk = next((tier for tier in tiers if isinstance(tier, DiskTier)), None)
+            semantic.attach(self._layers, None if disk is None else disk.path, _record_text)
 
     @property
     def tiers(self) -> Sequence[Tier]:
@@ -134,10 +143,15 @@ class TieredCache(BaseCache):
 
     def clear(self, **kwargs: Any) -> None:
         """Remove this cache's namespace from every tier, and nothing else."""
-        self._layers.run(self._layers.clear_flow(self.namespace))
+        self._layers.run(self._clear_flow())
 
     async def aclear(self, **kwargs: Any) -> None:
-        await self._layers.arun(self._layers.clear_flow(self.namespace))
+        await self._layers.arun(self._clear_flow())
+
+    def _clear_flow(self) -> Flow[None]:
+        yield from self._layers.clear_flow(self.namespace)
+        if self._semantic is not None:
+            yield from self._semantic.clear_flow(self.namespace)
 
     # -- beyond BaseCache -----------------------------------------------------
 
@@ -190,7 +204,10 @@ class TieredCache(BaseCache):
             errors=counters.get("errors"),
             tokens_saved=counters.get("tokens_saved"),
             tiers=self._layers.stats(),
-            extra=self._coalescer.counts() if self._coalescer is not None else {},
+            extra={
+                **(self._coalescer.counts() if self._coalescer is not None else {}),
+                **(self._semantic.counts() if self._semantic is not None else {}),
+            },
         )
 
     def reset_stats(self) -> None:
@@ -198,6 +215,8 @@ class TieredCache(BaseCache):
         self._layers.reset_stats()
         if self._coalescer is not None:
             self._coalescer.counters.reset()
+        if self._semantic is not None:
+            self._semantic.reset_stats()
 
     def close(self) -> None:
         self._layers.close()
@@ -231,6 +250,12 @@ class TieredCache(BaseCache):
         coalescer = self._coalescer
         mark = coalescer.completed if coalescer is not None else 0
         hit, snapshot = yield from self._layers.get_flow(key, self.namespace, dependencies)
+        if hit is None and self._semantic is not None:
+            found = yield from self._semantic.lookup_flow(
+                self._layers, self.namespace, prompt, llm_string
+            )
+            if found is not None:
+                return self._semantic_answer(*found)
         if hit is None and coalescer is not None and snapshot is not None:
             # A miss: lead the call, or wait for the identical one in flight.
             hit = yield from coalescer.join_flow(
@@ -269,7 +294,23 @@ class TieredCache(BaseCache):
             payload, written = None, 0
         if self._coalescer is not None:  # written first: other processes read it on our word
             yield from self._coalescer.finish_flow(key, payload, versions)
+        if written and self._semantic is not None:
+            text = getattr(return_val[0], "text", None)
+            yield from self._semantic.update_flow(
+                self.namespace, prompt, llm_string, key, text if isinstance(text, str) else None
+            )
         return written
+
+    def _semantic_answer(self, hit: Any, match: SemanticHit) -> RETURN_VAL_TYPE | None:
+        """A semantic hit's generations, marked in ``response_metadata`` if asked."""
+        answer = self._answer(hit.record, owned=hit.parsed, retained=hit.retained)
+        if answer is not None and self._semantic is not None and self._semantic.mark:
+            mark = {"similarity": round(match.similarity, 4), "matched": match.matched}
+            for generation in answer:
+                message = getattr(generation, "message", None)
+                if message is not None:
+                    message.response_metadata["llmcache_semantic"] = dict(mark)
+        return answer
 
     def _dependencies(self, prompt: str, llm_string: str) -> frozenset[str] | None:
         """The enclosing ``depends_on`` names plus the rules' (None: do not cache this call)."""
@@ -312,6 +353,18 @@ class TieredCache(BaseCache):
                 record.payload = None
         self._counters.add_hit(template.tokens)
         return template.build()
+
+
+def _record_text(record: Record) -> str | None:
+    """The first generation's text of a stored record (shadow mode compares it)."""
+    try:
+        template = record.derived.get("generations")
+        if template is None and record.payload is not None:
+            template = compile_template(record.payload, owned=False, reusable=False)
+        built = template.build() if template is not None else []
+    except SerializationError:
+        return None
+    return built[0].text if built else None
 
 
 def _dependency_names(names: Iterable[str]) -> frozenset[str]:

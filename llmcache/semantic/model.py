@@ -21,6 +21,7 @@ import mmap
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -91,19 +92,21 @@ def _erf(x: Array) -> Array:
     poly = t * (
         0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
     )
-    return (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32)
+    return cast(Array, (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32))
 
 
 def _gelu(x: Array) -> Array:
     # BERT's exact gelu; the tanh approximation would shift embeddings by ~1e-3.
-    return (0.5 * x * (1.0 + _erf(x * np.float32(1.0 / math.sqrt(2.0))))).astype(np.float32)
+    return cast(
+        Array, (0.5 * x * (1.0 + _erf(x * np.float32(1.0 / math.sqrt(2.0))))).astype(np.float32)
+    )
 
 
 def _layer_norm(x: Array, weight: Array, bias: Array) -> Array:
     mean = x.mean(axis=-1, keepdims=True)
     centred = x - mean
     variance = (centred * centred).mean(axis=-1, keepdims=True)
-    return (centred / np.sqrt(variance + _EPS) * weight + bias).astype(np.float32)
+    return cast(Array, (centred / np.sqrt(variance + _EPS) * weight + bias).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,10 @@ class MiniLM:
                     ),
                     out=t("attention.output.dense.weight"),
                     out_bias=w[p + "attention.output.dense.bias"],
-                    ln1=(w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
+                    ln1=(
+                        w[p + "attention.output.LayerNorm.weight"],
+                        w[p + "attention.output.LayerNorm.bias"],
+                    ),
                     up=t("intermediate.dense.weight"),
                     up_bias=w[p + "intermediate.dense.bias"],
                     down=t("output.dense.weight"),
@@ -232,7 +238,7 @@ class MiniLM:
         x = x.reshape(size, length, self.dimensions)
         pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, _EPS)).astype(np.float32)
+        return cast(Array, (pooled / np.maximum(norms, _EPS)).astype(np.float32))
 
 
 _lock = threading.Lock()
