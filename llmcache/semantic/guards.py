@@ -414,7 +414,7 @@ _FUNCTION_WORDS = frozenset(
 
 def _content(text: str) -> list[str]:
     words = [_bare(word) for word in _lower(strip_phatic(text))]
-    return [word for word in words if word not in _FUNCTION_WORDS]
+    return [_NUMBER_VALUES.get(word, word) for word in words if word not in _FUNCTION_WORDS]
 
 
 def _variant(a: str, b: str) -> bool:

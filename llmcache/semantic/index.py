@@ -56,7 +56,9 @@ class VectorIndex(Protocol):
     name: str
 
     def add(self, entries: Sequence[Entry]) -> None: ...
-    def search(self, scope: str, vector: Vector, k: int, floor: float) -> list[Match]: ...
+    def search(
+        self, namespace: str, scope: str, vector: Vector, k: int, floor: float
+    ) -> list[Match]: ...
     def remove(self, namespace: str, target: str) -> None: ...
     def clear(self, namespace: str) -> None: ...
     def count(self, namespace: str) -> int: ...
@@ -176,7 +178,9 @@ class SQLiteIndex:
             )
         return int(row[0])
 
-    def search(self, scope: str, vector: Vector, k: int, floor: float) -> list[Match]:
+    def search(
+        self, namespace: str, scope: str, vector: Vector, k: int, floor: float
+    ) -> list[Match]:
         with self._lock:
             cached = self._refresh(scope, vector.shape[0])
             if not cached.texts:

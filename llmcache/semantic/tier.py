@@ -316,7 +316,7 @@ class SemanticTier:
         return await asyncio.to_thread(self._search, query, vector, floor)
 
     def _search(self, query: Query, vector: Any, floor: float) -> _Candidate:
-        matches = self.index.search(query.scope, vector, self.candidates, -1.0)
+        matches = self.index.search(query.namespace, query.scope, vector, self.candidates, -1.0)
         best = matches[0].similarity if matches else -1.0
         return _Candidate(query, [m for m in matches if m.similarity >= floor], best)
 
