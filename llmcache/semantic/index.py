@@ -111,7 +111,7 @@ class SQLiteIndex:
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
-        self._scopes: dict[str, _Scope] = {}
+        self._scopes: dict[tuple[str, str], _Scope] = {}
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is not None and self._pid == os.getpid():
@@ -182,24 +182,24 @@ class SQLiteIndex:
         self, namespace: str, scope: str, vector: Vector, k: int, floor: float
     ) -> list[Match]:
         with self._lock:
-            cached = self._refresh(scope, vector.shape[0])
+            cached = self._refresh(namespace, scope, vector.shape[0])
             if not cached.texts:
                 return []
             similarities = cached.matrix @ vector
             return _best(similarities, cached.texts, cached.targets, k, floor)
 
-    def _refresh(self, scope: str, dimensions: int) -> _Scope:
+    def _refresh(self, namespace: str, scope: str, dimensions: int) -> _Scope:
         """This process's copy of a scope, brought up to date with two indexed reads."""
         db = self._db()
         try:
             deletions = db.execute("SELECT value FROM meta WHERE name = 'deletions'").fetchone()[0]
-            cached = self._scopes.get(scope)
+            cached = self._scopes.get((namespace, scope))
             if cached is None or cached.deletions != deletions:
-                cached = self._scopes[scope] = _Scope(deletions, dimensions)
+                cached = self._scopes[(namespace, scope)] = _Scope(deletions, dimensions)
             rows = db.execute(
-                "SELECT id, text, target, vector FROM entries WHERE scope = ? AND id > ?"
-                " ORDER BY id",
-                (scope, cached.last),
+                "SELECT id, text, target, vector FROM entries"
+                " WHERE scope = ? AND id > ? AND namespace = ? ORDER BY id",
+                (scope, cached.last, namespace),
             ).fetchall()
         except sqlite3.Error as exc:
             raise TierError(f"semantic index {self.path}: {exc}") from exc
