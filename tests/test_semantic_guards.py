@@ -7,7 +7,11 @@ import pytest
 from llmcache.semantic.guards import GUARDS, veto
 
 VETOED = [
-    ("numbers", "How many vacation days do I get after 3 years?", "How many vacation days do I get after 5 years?"),
+    (
+        "numbers",
+        "How many vacation days do I get after 3 years?",
+        "How many vacation days do I get after 5 years?",
+    ),
     ("numbers", "Is the museum open in July?", "Is the museum open in November?"),
     ("numbers", "Can I get a refund within two weeks?", "Can I get a refund within three weeks?"),
     ("negation", "Can I park here?", "Can't I park here?"),
@@ -15,10 +19,18 @@ VETOED = [
     ("negation", "How do I lock my screen?", "How do I unlock my screen?"),
     ("negation", "Which fees increased this month?", "Which fees decreased this month?"),
     ("entities", "How do I install Docker on Ubuntu?", "How do I install Docker on Fedora?"),
-    ("entities", "Move my files from Dropbox to OneDrive", "Move my files from OneDrive to Dropbox"),
+    (
+        "entities",
+        "Move my files from Dropbox to OneDrive",
+        "Move my files from OneDrive to Dropbox",
+    ),
     ("quotes", 'What does "idempotent" mean?', 'What does "immutable" mean?'),
     ("scope", "How do I delete all my photos?", "How do I delete only my photos?"),
-    ("scope", "What are the side effects of this medicine?", "What are the side effects of this medicine for my son?"),
+    (
+        "scope",
+        "What are the side effects of this medicine?",
+        "What are the side effects of this medicine for my son?",
+    ),
     ("swap", "How long should I boil an egg?", "How long should I boil a potato?"),
 ]
 
@@ -45,4 +57,8 @@ def test_rewordings_pass(cached: str, new: str) -> None:
 
 def test_guard_names_are_distinct() -> None:
     names = [guard.name for guard in GUARDS]
-    assert sorted(names) == sorted(set(names)) == ["entities", "negation", "numbers", "quotes", "scope", "swap"]
+    assert (
+        sorted(names)
+        == sorted(set(names))
+        == ["entities", "negation", "numbers", "quotes", "scope", "swap"]
+    )

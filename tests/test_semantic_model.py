@@ -15,7 +15,16 @@ from llmcache.semantic.model import MODEL_SHA256, MiniLM, default_model, model_d
 
 # sentence-transformers' all-MiniLM-L6-v2 (torch) on "This is an example sentence":
 # the first values of the vector its documentation and countless tutorials print.
-REFERENCE = [0.0676569, 0.0634960, 0.0487131, 0.0793050, 0.0374481, 0.0026528, 0.0393749, -0.0070984]
+REFERENCE = [
+    0.0676569,
+    0.0634960,
+    0.0487131,
+    0.0793050,
+    0.0374481,
+    0.0026528,
+    0.0393749,
+    -0.0070984,
+]
 
 
 def test_matches_the_published_embedding() -> None:
@@ -34,7 +43,11 @@ def test_batches_equal_single_texts_and_padding_changes_nothing() -> None:
 
 def test_meaning_orders_similarities() -> None:
     a, b, c = default_model().embed(
-        ["How do I reset my password?", "What's the way to reset my password?", "Best pizza in Rome"]
+        [
+            "How do I reset my password?",
+            "What's the way to reset my password?",
+            "Best pizza in Rome",
+        ]
     )
     assert float(a @ b) > 0.9 > 0.2 > float(a @ c)
 
