@@ -27,6 +27,7 @@ a fresh index instead of reinterpreting old entries.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -222,6 +223,7 @@ def _bare(word: str) -> str:
 _DIGITS = re.compile(r"\d+(?:[.,/:]\d+)*")
 
 
+@functools.lru_cache(maxsize=65_536)
 def _singular(word: str) -> str:
     """A date word's plural or one-typo spelling as the date word (Mondays, Mondys)."""
     if word in _DATE_WORDS or len(word) < 5:
@@ -229,7 +231,8 @@ def _singular(word: str) -> str:
     if word.endswith("s") and word[:-1] in _DATE_WORDS:
         return word[:-1]
     for date in _DATE_WORDS:
-        if len(date) >= 5 and abs(len(date) - len(word)) <= 2:
+        # A typo keeps the first letter, in practice; checking it first keeps this cheap.
+        if date[0] == word[0] and len(date) >= 5 and abs(len(date) - len(word)) <= 2:
             base = word[:-1] if word.endswith("s") and not date.endswith("s") else word
             if _edit_distance(base, date) <= 1:
                 return date
@@ -417,6 +420,7 @@ def _content(text: str) -> list[str]:
     return [_NUMBER_VALUES.get(word, word) for word in words if word not in _FUNCTION_WORDS]
 
 
+@functools.lru_cache(maxsize=65_536)
 def _variant(a: str, b: str) -> bool:
     """Spellings or inflections of one word: centre/center, waiting/wait, electricty."""
     if a == b:
@@ -424,7 +428,10 @@ def _variant(a: str, b: str) -> bool:
     short, long_ = sorted((a, b), key=len)
     if len(short) >= 4 and long_.startswith(short[: max(4, len(short) - 1)]):
         return True
-    return len(short) >= 4 and _edit_distance(a, b) <= (1 if len(short) < 8 else 2)
+    allowed = 1 if len(short) < 8 else 2
+    if len(short) < 4 or len(long_) - len(short) > allowed:
+        return False
+    return _edit_distance(a, b) <= allowed
 
 
 def _edit_distance(a: str, b: str) -> int:
