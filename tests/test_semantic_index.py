@@ -21,7 +21,13 @@ def unit(seed: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", *(f"redis-{s}" for s in SEARCH_SERVERS)])
+@pytest.fixture(
+    params=[
+        "sqlite-file",
+        "sqlite-memory",
+        *(pytest.param(f"redis-{s}", marks=pytest.mark.redis) for s in SEARCH_SERVERS),
+    ]
+)
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorIndex]:
     made: VectorIndex
     if request.param == "sqlite-file":

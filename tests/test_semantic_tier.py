@@ -263,3 +263,20 @@ def test_own_embeddings_need_a_threshold_and_nothing_loads_in_the_constructor() 
     cache = TieredCache(l2=None, semantic=tier)
     cache.update(ASKED, LLM, answer("x"))
     assert texts(cache.lookup(ASKED + " ", LLM)) is None or True  # any result, no exception
+
+
+def test_semantic_tier_is_public_and_loads_nothing_before_first_use() -> None:
+    import subprocess
+    import sys
+
+    import llmcache
+
+    assert "SemanticTier" in llmcache.__all__
+    code = (
+        "import sys; from llmcache import SemanticTier, TieredCache; "
+        "c = TieredCache(l2=None, semantic=SemanticTier()); "
+        "from llmcache.semantic import model; "
+        "print(model._model, sorted(m for m in ('tokenizers', 'redisvl') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None []"  # no weights read, no tokenizer, no Redis client
