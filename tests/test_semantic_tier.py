@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from llmcache.errors import ConfigurationError
 from llmcache.semantic.index import SQLiteIndex
 from llmcache.semantic.scope import split_prompt
 from tests.conftest import FakeClock
+from tests.semantic_servers import (  # noqa: F401
+    SEARCH_SERVERS,
+    _redis8_search,
+    _valkey_search,
+    search_url,
+)
 
 ASKED = "How do I reset my password?"
 REWORDED = "What's the way to reset my password?"
@@ -280,3 +287,30 @@ def test_semantic_tier_is_public_and_loads_nothing_before_first_use() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "None []"  # no weights read, no tokenizer, no Redis client
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("server", SEARCH_SERVERS)
+def test_redis_index_end_to_end(request: pytest.FixtureRequest, server: str) -> None:
+    import redis as redis_py
+
+    url = search_url(request, server)
+    namespace, other = f"t{uuid.uuid4().hex[:8]}", f"u{uuid.uuid4().hex[:8]}"
+    mine = TieredCache(l2=url, namespace=namespace, semantic=SemanticTier(redis=url))
+    theirs = TieredCache(l2=url, namespace=other, semantic=SemanticTier(redis=url))
+    try:
+        mine.update(ASKED, LLM, answer("mine"))
+        theirs.update(ASKED, LLM, answer("theirs"))
+        assert texts(mine.lookup(REWORDED, LLM)) == ["mine"]
+        assert texts(theirs.lookup(REWORDED, LLM)) == ["theirs"]
+        mine.clear()
+        assert mine.lookup(REWORDED, LLM) is None
+        assert texts(theirs.lookup(REWORDED, LLM)) == ["theirs"]
+        client = redis_py.Redis.from_url(url)
+        assert client.keys(f"llmcache-semantic:{namespace}:*") == []
+        assert client.keys(f"llmcache-semantic:{other}:*") != []
+        client.close()
+    finally:
+        theirs.clear()
+        mine.close()
+        theirs.close()

@@ -327,11 +327,9 @@ class SemanticTier:
 
     async def aadd(self, query: Query, key: str) -> bool:
         vector = await self._aembed(query.text)
-        if self.local:
-            self.index.add([Entry(query.namespace, query.scope, query.text, key, vector)])
-        else:
-            entry = Entry(query.namespace, query.scope, query.text, key, vector)
-            await asyncio.to_thread(self.index.add, [entry])
+        entry = Entry(query.namespace, query.scope, query.text, key, vector)
+        # A write may wait for another process's transaction: never on the event loop.
+        await asyncio.to_thread(self.index.add, [entry])
         return True
 
     def remove(self, namespace: str, key: str) -> bool:
