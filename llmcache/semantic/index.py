@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from llmcache.errors import TierError
+from llmcache.semantic.blas import blas_threads
 
 __all__ = ["Entry", "Match", "SQLiteIndex", "VectorIndex"]
 
@@ -185,7 +186,8 @@ class SQLiteIndex:
             cached = self._refresh(namespace, scope, vector.shape[0])
             if not cached.texts:
                 return []
-            similarities = cached.matrix @ vector
+            with blas_threads(1):
+                similarities = cached.matrix @ vector
             return _best(similarities, cached.texts, cached.targets, k, floor)
 
     def _refresh(self, namespace: str, scope: str, dimensions: int) -> _Scope:

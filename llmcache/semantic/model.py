@@ -14,22 +14,20 @@ one host share the pages.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import math
 import mmap
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from llmcache.errors import ConfigurationError
+from llmcache.semantic.blas import blas_threads
 
 __all__ = [
     "MODEL_NAME",
@@ -202,7 +200,7 @@ class MiniLM:
         """Unit vectors, one row per text, in order."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        with _blas_threads(self.threads):
+        with blas_threads(self.threads):
             return self._embed(texts)
 
     def _embed(self, texts: list[str]) -> Array:
@@ -251,26 +249,6 @@ class MiniLM:
         pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return cast(Array, (pooled / np.maximum(norms, _EPS)).astype(np.float32))
-
-
-@contextlib.contextmanager
-def _blas_threads(threads: int | None) -> Iterator[None]:
-    """Limit BLAS to ``threads`` for one call (threadpoolctl), if it is installed."""
-    controller = _controller()
-    if threads is None or controller is None:
-        yield
-        return
-    with controller.limit(limits=threads, user_api="blas"):
-        yield
-
-
-@functools.cache
-def _controller() -> Any:
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
 
 
 _lock = threading.Lock()
