@@ -31,6 +31,7 @@ from llmcache.tiers import Tier
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
     from llmcache.langchain_adapter import TieredCache, default_directory
+    from llmcache.semantic import SemanticTier
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "MemoryTier",
     "MemoryVersions",
     "RedisTier",
+    "SemanticTier",
     "SerializationError",
     "Tier",
     "TierError",
@@ -56,10 +58,12 @@ __all__ = [
 ]
 
 
-# Imported on first use: RedisTier needs the optional redis package, and the
+# Imported on first use: RedisTier needs the optional redis package, SemanticTier
+# the optional numpy (the semantic extra), and the
 # LangChain face is not needed by plain-Python users of the engine.
 _LAZY = {
     "RedisTier": "llmcache.backends.redis",
+    "SemanticTier": "llmcache.semantic",
     "TieredCache": "llmcache.langchain_adapter",
     "default_directory": "llmcache.langchain_adapter",
 }

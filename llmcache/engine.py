@@ -15,6 +15,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from llmcache.backends.disk import DiskTier
@@ -35,9 +36,22 @@ from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
 from llmcache.stats import CacheStats, Counters
 from llmcache.tiers import Flow, Hit, Layers, Needs, Tier
 
-__all__ = ["Engine", "default_versions", "dependency_names", "listed_names"]
+__all__ = ["Engine", "Read", "default_versions", "dependency_names", "listed_names"]
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Read:
+    """What reading the tiers for one key found: a hit, or what its miss needs next."""
+
+    key: str
+    dependencies: frozenset[str]
+    hit: Hit | None
+    #: The dependency versions before the read (None: the version store could not say).
+    snapshot: dict[str, int] | None
+    #: The coalescer's count of completed calls before the read.
+    mark: int
 
 
 class Engine:
@@ -133,24 +147,37 @@ class Engine:
         """The tiers, then, on a miss, the identical call in flight (for up to ``wait`` s).
 
         A miss counts here; a hit is counted by the face once it has made an
-        answer of the record (it may still find the record unusable).
+        answer of the record (it may still find the record unusable). A face
+        with a step of its own between the two (the semantic tier) runs
+        :meth:`read_flow` and :meth:`settle_flow` itself.
         """
+        read = yield from self.read_flow(key, dependencies)
+        return (yield from self.settle_flow(read, wait))
+
+    def read_flow(self, key: str, dependencies: frozenset[str]) -> Flow[Read]:
+        """The tiers alone: a hit, or what a miss must remember."""
         if self.fleet is not None and not self.fleet.started:
             self.fleet.start()  # once: the first lookup memory alone could not answer
-        coalescer = self.coalescer
-        mark = coalescer.completed if coalescer is not None else 0
+        mark = self.coalescer.completed if self.coalescer is not None else 0
         hit, snapshot = yield from self.layers.get_flow(key, self.namespace, dependencies)
+        return Read(key, dependencies, hit, snapshot, mark)
+
+    def settle_flow(self, read: Read, wait: float) -> Flow[Hit | None]:
+        """After a read: its hit, else the identical call in flight, else a counted miss."""
+        hit, snapshot, key = read.hit, read.snapshot, read.key
+        coalescer = self.coalescer
         if hit is None and coalescer is not None and snapshot is not None:
             # A miss: lead the call, or wait for the identical one in flight.
+            dependencies = read.dependencies
             hit = yield from coalescer.join_flow(
                 key,
                 snapshot,
-                mark,
+                read.mark,
                 wait,
                 lambda: self.layers.get_flow(key, self.namespace, dependencies),
             )
         if hit is None:
-            if dependencies and snapshot is not None:
+            if read.dependencies and snapshot is not None:
                 self._pending.remember(key, snapshot)
             self.counters.add("misses")
         return hit

@@ -12,10 +12,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 
+from llmcache.backends.disk import DiskTier
 from llmcache.coalesce import Coalescer, WaitBound
 from llmcache.config import DEFAULT, Default, default_directory
 from llmcache.engine import Engine, dependency_names
@@ -25,7 +26,10 @@ from llmcache.invalidation import DependencyRules, VersionStore
 from llmcache.keys import KeyMemo
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record
 from llmcache.stats import CacheStats
-from llmcache.tiers import Flow, Layers, Tier
+from llmcache.tiers import Flow, Hit, Layers, Tier
+
+if TYPE_CHECKING:
+    from llmcache.semantic.tier import SemanticHit, SemanticTier
 
 __all__ = ["TieredCache", "default_directory"]
 
@@ -68,6 +72,7 @@ class TieredCache(BaseCache):
         coalesce_wait: WaitBound = 30.0,
         coalesce_lease: float = 10.0,
         stats_interval: float | None = 10.0,
+        semantic: SemanticTier | None = None,
     ) -> None:
         self._engine = Engine(
             l1=l1,
@@ -88,6 +93,11 @@ class TieredCache(BaseCache):
         self.ttl = self._engine.ttl
         self._rules = dependencies
         self._keys = KeyMemo()
+        self._semantic = semantic
+        if semantic is not None:
+            # Consulted only after the exact tiers miss; its entries point at exact entries.
+            disk = next((tier for tier in self.tiers if isinstance(tier, DiskTier)), None)
+            semantic.attach(self._engine.layers, None if disk is None else disk.path, _record_text)
 
     @property
     def engine(self) -> Engine:
@@ -124,10 +134,15 @@ class TieredCache(BaseCache):
 
     def clear(self, **kwargs: Any) -> None:
         """Remove this cache's namespace from every tier, and nothing else."""
-        self._engine.run(self._engine.clear_flow())
+        self._engine.run(self._clear_flow())
 
     async def aclear(self, **kwargs: Any) -> None:
-        await self._engine.arun(self._engine.clear_flow())
+        await self._engine.arun(self._clear_flow())
+
+    def _clear_flow(self) -> Flow[None]:
+        yield from self._engine.clear_flow()
+        if self._semantic is not None:
+            yield from self._semantic.clear_flow(self.namespace)
 
     # -- beyond BaseCache -----------------------------------------------------
 
@@ -160,7 +175,10 @@ class TieredCache(BaseCache):
 
         ``print()`` it for a table; ``errors`` counts every error, the tiers' too.
         """
-        return self._engine.stats()
+        stats = self._engine.stats()
+        if self._semantic is not None:
+            stats.extra.update(self._semantic.counts())
+        return stats
 
     def totals(self) -> dict[str, int]:
         """The whole cache's counts: what ``stats()`` totals and ``llmcache.fleet`` reports."""
@@ -184,6 +202,8 @@ class TieredCache(BaseCache):
 
     def reset_stats(self) -> None:
         self._engine.reset_stats()
+        if self._semantic is not None:
+            self._semantic.reset_stats()
 
     def close(self) -> None:
         self._engine.close()
@@ -215,8 +235,15 @@ class TieredCache(BaseCache):
         self, key: str, dependencies: frozenset[str], prompt: str, llm_string: str
     ) -> Flow[RETURN_VAL_TYPE | None]:
         engine = self._engine
-        wait = engine.wait_bound(prompt, llm_string)
-        hit = yield from engine.lookup_flow(key, dependencies, wait)
+        read = yield from engine.read_flow(key, dependencies)
+        if read.hit is None and self._semantic is not None:
+            # After the exact tiers miss, before waiting on an identical call.
+            found = yield from self._semantic.lookup_flow(
+                engine.layers, self.namespace, prompt, llm_string
+            )
+            if found is not None:
+                return self._semantic_answer(*found)
+        hit = yield from engine.settle_flow(read, engine.wait_bound(prompt, llm_string))
         if hit is None:
             return None
         return self._answer(hit.record, owned=hit.parsed, retained=hit.retained)
@@ -233,7 +260,24 @@ class TieredCache(BaseCache):
             self._engine.counters.failure("errors", "encode", exc)
             yield from self._engine.abandon_flow(key, retry=False)
             return 0
-        return (yield from self._engine.store_flow(key, payload, dependencies))
+        written = yield from self._engine.store_flow(key, payload, dependencies)
+        if written and self._semantic is not None:
+            text = getattr(return_val[0], "text", None)
+            yield from self._semantic.update_flow(
+                self.namespace, prompt, llm_string, key, text if isinstance(text, str) else None
+            )
+        return written
+
+    def _semantic_answer(self, hit: Hit, match: SemanticHit) -> RETURN_VAL_TYPE | None:
+        """A semantic hit's generations, marked in ``response_metadata`` if asked."""
+        answer = self._answer(hit.record, owned=hit.parsed, retained=hit.retained)
+        if answer is not None and self._semantic is not None and self._semantic.mark:
+            mark = {"similarity": round(match.similarity, 4), "matched": match.matched}
+            for generation in answer:
+                message = getattr(generation, "message", None)
+                if message is not None:
+                    message.response_metadata["llmcache_semantic"] = dict(mark)
+        return answer
 
     def _dependencies(self, prompt: str, llm_string: str) -> frozenset[str] | None:
         """The enclosing ``depends_on`` names plus the rules' (None: do not cache this call)."""
@@ -275,6 +319,18 @@ class TieredCache(BaseCache):
                 record.payload = None
         self._engine.counters.add_hit(template.tokens, template.nanos)
         return template.build()
+
+
+def _record_text(record: Record) -> str | None:
+    """The first generation's text of a stored record (shadow mode compares it)."""
+    try:
+        template = record.derived.get("generations")
+        if template is None and record.payload is not None:
+            template = compile_template(record.payload, owned=False, reusable=False)
+        built = template.build() if template is not None else []
+    except SerializationError:
+        return None
+    return built[0].text if built else None
 
 
 def _warn_unsigned_shared() -> None:
