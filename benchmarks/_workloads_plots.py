@@ -1,0 +1,114 @@
+"""The plots of benchmarks/workloads.py, drawn from its JSON report (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from _workloads_figures import PHASES
+
+__all__ = ["PLOTS", "draw_all"]
+
+PLOTS = ("bars", "latency-cdf", "hit-rate")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bars(report: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    results = report["results"]
+    fig, axes = plt.subplots(len(results), 2, figsize=(15, 3.6 * len(results)), squeeze=False)
+    for row, (workload, by_contender) in enumerate(results.items()):
+        names = list(by_contender)
+        width = 0.8 / len(PHASES)
+        for col, (key, label) in enumerate((("wall_s", "wall s"), ("upstream_calls", "calls"))):
+            ax = axes[row][col]
+            for p, phase in enumerate(PHASES):
+                values = [by_contender[n].get(phase, {}).get(key, 0) for n in names]
+                xs = [i + (p - (len(PHASES) - 1) / 2) * width for i in range(len(names))]
+                ax.bar(xs, values, width, label=phase)
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels(names, rotation=25, ha="right", fontsize=7)
+            ax.set_ylabel(label)
+            ax.set_title(f"{workload}: {'wall time' if col == 0 else 'upstream calls'}")
+            ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _cdf(report: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    results = report["results"]
+    fig, axes = plt.subplots(
+        len(results), len(PHASES), figsize=(18, 3.2 * len(results)), squeeze=False
+    )
+    for row, (workload, by_contender) in enumerate(results.items()):
+        for col, phase in enumerate(PHASES):
+            ax = axes[row][col]
+            for name, phases in by_contender.items():
+                values = phases.get(phase, {}).get("latencies_ms", [])
+                if values:
+                    fractions = [(i + 1) / len(values) for i in range(len(values))]
+                    ax.step(values, fractions, where="post", label=name, linewidth=1)
+            ax.set_xscale("log")
+            ax.set_title(f"{workload}: {phase}", fontsize=9)
+            ax.set_xlabel("per-call latency, ms (log)", fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of calls")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _hit_rate(report: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    results = report["results"]
+    shown = ("cold", "new process", "after invalidation")
+    fig, axes = plt.subplots(
+        len(results), len(shown), figsize=(15, 3.2 * len(results)), squeeze=False
+    )
+    for row, (workload, by_contender) in enumerate(results.items()):
+        for col, phase in enumerate(shown):
+            ax = axes[row][col]
+            for name, phases in by_contender.items():
+                flags = phases.get(phase, {}).get("hits_by_end", "")
+                if not flags:
+                    continue
+                hits, curve = 0, []
+                for i, flag in enumerate(flags, 1):
+                    hits += flag == "1"
+                    curve.append(hits / i)
+                ax.plot(range(1, len(curve) + 1), curve, label=name, linewidth=1)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{workload}: {phase}", fontsize=9)
+            ax.set_xlabel("calls finished", fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("hit rate so far")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+_DRAW = {"bars": _bars, "latency-cdf": _cdf, "hit-rate": _hit_rate}
+
+
+def draw_all(report: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    """Every plot as ``<out>/<stem>-<plot>.png``; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for plot in PLOTS:
+        path = out / f"{stem}-{plot}.png"
+        _DRAW[plot](report, path)
+        paths.append(path)
+    return paths
