@@ -308,21 +308,21 @@ WORKLOADS: tuple[Workload, ...] = (
         "You are a nutritionist. Estimate the ingredients and nutrients of one serving.",
         "Menu item: {dish}\nNotes: {notes}\nGive carbohydrates, protein, fat, fiber, sodium, kcal.",
         _menu, _edits("menu"), _menu_drive,
-        full={"items": 200, "distinct": 80}, quick={"items": 24, "distinct": 10},
+        full={"items": 150, "distinct": 60}, quick={"items": 24, "distinct": 10},
     ),
     Workload(
         "documents", "document processing (Semaphore + as_completed)",
         "You summarise business documents in three sentences.",
         "Summarise document {doc_id}:\n\n{text}",
         _documents, _edits("documents"), _documents_drive,
-        full={"docs": 100, "words": 250}, quick={"docs": 12, "words": 60},
+        full={"docs": 80, "words": 200}, quick={"docs": 12, "words": 60},
     ),
     Workload(
         "reviews", "review analysis (gather over restaurants and batches)",
         "You analyse restaurant reviews: overall sentiment, top themes, one action item.",
         "Reviews of {restaurant}:\n{reviews}",
         _reviews, _edits("reviews"), _reviews_drive,
-        full={"restaurants": 12, "reviews": 35}, quick={"restaurants": 3, "reviews": 10},
+        full={"restaurants": 10, "reviews": 30}, quick={"restaurants": 3, "reviews": 10},
     ),
     Workload(
         "rag", "RAG with changing data (depends_on + invalidate)",
@@ -330,7 +330,7 @@ WORKLOADS: tuple[Workload, ...] = (
         "Answer the question based on the following context:\n\nContext:\n{context}\n\n"
         "Question: {query}\n\nAnswer:",
         _rag, _edits("rag"), _rag_drive,
-        full={"docs": 40, "questions": 50, "requests": 160},
+        full={"docs": 30, "questions": 40, "requests": 120},
         quick={"docs": 8, "questions": 8, "requests": 24},
     ),
     Workload(
@@ -338,6 +338,6 @@ WORKLOADS: tuple[Workload, ...] = (
         "You are a restaurant's support assistant. Answer from the policy given.",
         "{policy}\n\nCustomer: {question}",
         _paraphrase, _edits("paraphrase"), _paraphrase_drive,
-        full={"topics": 40, "requests": 200}, quick={"topics": 8, "requests": 24},
+        full={"topics": 30, "requests": 150}, quick={"topics": 8, "requests": 24},
     ),
 )  # fmt: skip
