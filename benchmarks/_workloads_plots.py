@@ -10,6 +10,7 @@ from _workloads_figures import PHASES
 __all__ = ["PLOTS", "draw_all"]
 
 PLOTS = ("bars", "latency-cdf", "hit-rate")
+_LINES = ("-", "--", ":", "-.")  # nine contenders: colour and dash tell overlapping lines apart
 
 
 def _pyplot() -> Any:
@@ -19,6 +20,13 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _legend(fig: Any, axes: Any) -> None:
+    """One legend for the whole figure, above the panels."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
 
 
 def _bars(report: dict[str, Any], path: Path) -> None:
@@ -54,18 +62,18 @@ def _cdf(report: dict[str, Any], path: Path) -> None:
     for row, (workload, by_contender) in enumerate(results.items()):
         for col, phase in enumerate(PHASES):
             ax = axes[row][col]
-            for name, phases in by_contender.items():
+            for n, (name, phases) in enumerate(by_contender.items()):
                 values = phases.get(phase, {}).get("latencies_ms", [])
                 if values:
                     fractions = [(i + 1) / len(values) for i in range(len(values))]
-                    ax.step(values, fractions, where="post", label=name, linewidth=1)
+                    ax.step(values, fractions, where="post", label=name, linewidth=1.2,
+                            linestyle=_LINES[n % len(_LINES)], color=f"C{n}")  # fmt: skip
             ax.set_xscale("log")
             ax.set_title(f"{workload}: {phase}", fontsize=9)
             ax.set_xlabel("per-call latency, ms (log)", fontsize=8)
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of calls")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
+    _legend(fig, axes)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -80,7 +88,7 @@ def _hit_rate(report: dict[str, Any], path: Path) -> None:
     for row, (workload, by_contender) in enumerate(results.items()):
         for col, phase in enumerate(shown):
             ax = axes[row][col]
-            for name, phases in by_contender.items():
+            for n, (name, phases) in enumerate(by_contender.items()):
                 flags = phases.get(phase, {}).get("hits_by_end", "")
                 if not flags:
                     continue
@@ -88,14 +96,14 @@ def _hit_rate(report: dict[str, Any], path: Path) -> None:
                 for i, flag in enumerate(flags, 1):
                     hits += flag == "1"
                     curve.append(hits / i)
-                ax.plot(range(1, len(curve) + 1), curve, label=name, linewidth=1)
+                ax.plot(range(1, len(curve) + 1), curve, label=name, linewidth=1.2,
+                        linestyle=_LINES[n % len(_LINES)], color=f"C{n}")  # fmt: skip
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{workload}: {phase}", fontsize=9)
             ax.set_xlabel("calls finished", fontsize=8)
             ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("hit rate so far")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
+    _legend(fig, axes)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
