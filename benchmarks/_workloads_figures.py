@@ -128,7 +128,11 @@ def summary_table(report: dict[str, Any]) -> list[str]:
             cells = []
             for phase in PHASES:
                 f = phases.get(phase)
-                cells.append("-" if f is None else f"{f['wall_s']:.2f} s / {f['upstream_calls']}")
+                if f is None:
+                    cells.append("-")
+                    continue
+                raised = f" ({f['failed']} raised)" if f["failed"] else ""
+                cells.append(f"{f['wall_s']:.2f} s / {f['upstream_calls']}{raised}")
             warm = phases["warm"]
             costs = [f["cost_saved_usd"] for f in phases.values()]
             cost = None if any(c is None for c in costs) else sum(costs)

@@ -324,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset",
     )
     parser.add_argument(
-        "--plots-from", type=Path, metavar="JSON", help="only draw the plots of a saved report"
+        "--redraw",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: write the tables and plots of a saved report again",
     )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -334,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(_worker(json.loads(args.worker.read_text())))
         args.worker_out.write_text(json.dumps(result))
         return 0
-    if args.plots_from is not None:
-        report = json.loads(args.plots_from.read_text())
-        stem = args.plots_from.stem
-        return 0 if _draw(report, args.plots_from.parent, stem) else 1
+    if args.redraw is not None:
+        report = json.loads(args.redraw.read_text())
+        quick = report["mode"] == "quick"
+        write_results(args.redraw.parent, "workloads", quick=quick, report=report,
+                      text=markdown(report))  # fmt: skip
+        return 0 if _draw(report, args.redraw.parent, args.redraw.stem) else 1
     if args.openai and not os.environ.get("OPENAI_API_KEY"):
         parser.error("--openai needs OPENAI_API_KEY in the environment")
     if args.quick:
