@@ -97,3 +97,35 @@ def test_quick_run_writes_every_table_and_plot(tmp_path):
         # A new process has an empty InMemoryCache: it pays the cold calls again.
         memory = results["InMemoryCache"]
         assert memory["new process"]["upstream_calls"] == memory["cold"]["upstream_calls"]
+
+
+@pytest.mark.slow
+def test_openai_switch_counts_misses_and_leaves_wrong_answers_uncounted(tmp_path):
+    """--openai, with the OpenAI client pointed at a simulator through its own variables."""
+    from llmcache.simulator import Simulator, SimulatorConfig
+
+    with Simulator(SimulatorConfig(latency_ms=5.0)) as sim:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "OPENAI_API_KEY": "sk-simulated",
+            "OPENAI_BASE_URL": sim.base_url,
+        }
+        command = [
+            sys.executable, str(BENCHMARKS / "workloads.py"), "--quick", "--openai",
+            "--out", str(tmp_path), "--workloads", "menu",
+            "--contenders", "no cache,TieredCache memory+disk",
+        ]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads((tmp_path / "workloads-quick.json").read_text())
+        results = report["results"]["menu"]
+        calls = sum(f["calls"] for by_phase in results.values() for f in by_phase.values())
+        upstream = sum(
+            f["upstream_calls"] for by_phase in results.values() for f in by_phase.values()
+        )
+        assert "OpenAI API" in report["upstream"]
+        assert sim.requests == upstream < calls  # every miss, and only misses, went upstream
+        for by_phase in results.values():
+            assert all(f["wrong_answers"] is None for f in by_phase.values())
+        assert "not counted" in (tmp_path / "workloads-quick.md").read_text()
