@@ -99,7 +99,7 @@ def workload_table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             f = phases.get(phase)
             if f is None:
                 continue
-            failed = f" ({f['failed']} failed)" if f["failed"] else ""
+            failed = f" ({f['failed']} raised)" if f["failed"] else ""
             lines.append(
                 f"| {contender} | {phase} | {f['wall_s']:.2f} | {f['upstream_calls']}{failed}"
                 f" | {f['hit_rate']:.0%} | {f['tokens_saved']:,} | {_cost(f['cost_saved_usd'])}"

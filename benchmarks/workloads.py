@@ -69,14 +69,25 @@ def _edits(workload: Workload, args: argparse.Namespace) -> tuple[str, ...]:
 
 async def _worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """In the subprocess: the phase of every (contender, workload) on the parent's stores."""
-    from llmcache.simulator import remote_stats
+
+    import openai
 
     args = argparse.Namespace(**spec["args"])
-    upstream = Upstream(**spec["upstream"])
-    if upstream.base_url is None:
-        upstream = Upstream(None, upstream.model, os.environ.get("OPENAI_API_KEY", ""))
+    async with openai.DefaultAsyncHttpxClient() as client:
+        upstream = Upstream(**spec["upstream"], client=client)
+        if upstream.base_url is None:
+            key = os.environ.get("OPENAI_API_KEY", "")
+            upstream = Upstream(None, upstream.model, key, client=client)
+        return await _worker_jobs(spec["jobs"], args, upstream)
+
+
+async def _worker_jobs(
+    jobs: list[dict[str, Any]], args: argparse.Namespace, upstream: Upstream
+) -> list[dict[str, Any]]:
+    from llmcache.simulator import remote_stats
+
     out = []
-    for job in spec["jobs"]:
+    for job in jobs:
         workload = next(w for w in WORKLOADS if w.name == job["workload"])
         store = job["store"]
         cache = contender(job["contender"]).make(
@@ -224,8 +235,10 @@ async def _measure(
     return results
 
 
-async def _references(args: argparse.Namespace, base_url: str) -> dict[str, dict[Call, str]]:
-    upstream = Upstream(base_url, args.model)
+async def _references(
+    args: argparse.Namespace, base_url: str, client: Any
+) -> dict[str, dict[Call, str]]:
+    upstream = Upstream(base_url, args.model, client=client)
     out = {}
     for workload in WORKLOADS:
         if workload.name in args.workloads:
@@ -245,17 +258,24 @@ def _simulator_config(args: argparse.Namespace, latency_ms: float) -> SimulatorC
 
 
 async def _main_async(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    import openai
+
+    async with openai.DefaultAsyncHttpxClient() as client:
+        return await _run_all(args, scratch, client)
+
+
+async def _run_all(args: argparse.Namespace, scratch: Path, client: Any) -> dict[str, Any]:
     with BenchRedis(databases=64) as redis:
         if args.openai:
-            upstream = Upstream(None, args.model, os.environ["OPENAI_API_KEY"])
+            upstream = Upstream(None, args.model, os.environ["OPENAI_API_KEY"], client=client)
             results = await _measure(args, upstream, _Counter(None), None, redis, scratch)
             where = f"the OpenAI API ({args.model}); upstream calls = calls the cache missed"
         else:
             # The judge: a second simulator, same seed, no latency, its requests not counted.
             with Simulator(_simulator_config(args, 0.0)) as judge:
-                references = await _references(args, judge.base_url)
+                references = await _references(args, judge.base_url, client)
             with Simulator(_simulator_config(args, args.latency_ms)) as sim:
-                upstream = Upstream(sim.base_url, args.model)
+                upstream = Upstream(sim.base_url, args.model, client=client)
                 results = await _measure(args, upstream, _Counter(sim), references, redis, scratch)
             where = (
                 f"local simulator over HTTP, lognormal latency median {args.latency_ms:g} ms"
