@@ -208,10 +208,12 @@ async def _measure(
         record(who, workload, name, run, counter.calls(run))
 
     # Each contender and workload on a store of its own: a directory, a Redis database.
+    pairs = [(who, w) for who in contenders for w in workloads]
+    if len(pairs) >= redis.databases:
+        raise SystemExit(f"{len(pairs)} stores need more than {redis.databases} Redis databases")
     jobs = [
-        (who, w, Store(scratch / f"{c}-{w.name}", redis.url(1 + 10 * i + c), f"bench-{w.name}"))
-        for c, who in enumerate(contenders)
-        for i, w in enumerate(workloads)
+        (who, w, Store(scratch / f"{n}-{w.name}", redis.url(n + 1), f"bench-{w.name}"))
+        for n, (who, w) in enumerate(pairs)
     ]
     caches = []
     for who, workload, store in jobs:
@@ -265,7 +267,7 @@ async def _main_async(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
 
 
 async def _run_all(args: argparse.Namespace, scratch: Path, client: Any) -> dict[str, Any]:
-    with BenchRedis(databases=64) as redis:
+    with BenchRedis(databases=128) as redis:
         if args.openai:
             upstream = Upstream(None, args.model, os.environ["OPENAI_API_KEY"], client=client)
             results = await _measure(args, upstream, _Counter(None), None, redis, scratch)
