@@ -25,7 +25,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
@@ -272,6 +272,29 @@ class RedisTier:
         rkey, value = self._key(key), _as_bytes(value)
         with self._guard(self._node(rkey), "set"):
             self._client().set(rkey, value, px=_px(ttl))
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Many gets in one round trip: MGET on one server, a pipeline on a cluster."""
+        rkeys = [self._key(key) for key in keys]
+        with self._guard(self._seed if self.cluster else "server", "get_many"):
+            client = self._client()
+            if self.cluster:
+                pipe = client.pipeline()
+                for rkey in rkeys:
+                    pipe.get(rkey)
+                values = pipe.execute(raise_on_error=False)
+            else:
+                values = client.mget(rkeys)  # a key of another type reads as nil here
+        return [value if isinstance(value, bytes) else None for value in values]
+
+    def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        """Many sets, each with its own TTL, in one round trip (a non-transactional pipeline)."""
+        with self._guard(self._seed if self.cluster else "server", "set_many"):
+            client = self._client()
+            pipe = client.pipeline() if self.cluster else client.pipeline(transaction=False)
+            for key, value, ttl in items:
+                pipe.set(self._key(key), _as_bytes(value), px=_px(ttl))
+            pipe.execute()
 
     def delete(self, key: str) -> None:
         rkey = self._key(key)
