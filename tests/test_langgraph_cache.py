@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 import redis
@@ -413,4 +413,55 @@ def test_another_process_reads_node_results_through_redis(
         cache.close()
         assert _child(redis_url, key_prefix, "stew", log)["cached"] == ["retrieve"]
     finally:
+        purge_prefix(redis_url, key_prefix)
+
+
+class _Fanout(TypedDict, total=False):
+    q: str
+    a: str
+    b: str
+    c: str
+
+
+@pytest.mark.redis
+def test_a_step_of_cached_nodes_is_one_redis_round_trip(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three nodes in one step: one MGET for the step, not a GET per node."""
+
+    def node(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def run(state: dict[str, Any]) -> dict[str, Any]:
+            worker.RUNS.append(name)
+            return {name: state["q"] + name}
+
+        run.__name__ = run.__qualname__ = f"node_{name}"
+        return run
+
+    graph = StateGraph(_Fanout)
+    for name in "abc":
+        graph.add_node(name, node(name), cache_policy=CachePolicy())
+        graph.add_edge(START, name)
+        graph.add_edge(name, END)
+    cache = NodeCache(l1=None, l2=RedisTier(redis_url, prefix=key_prefix))
+    compiled = graph.compile(cache=cache)
+    sent = {"count": 0}
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+        sent["count"] += 1
+        original(conn, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    try:
+        compiled.invoke({"q": "1"})
+        trips = []
+        for _ in range(5):  # the first reads also fetch the dependency versions, then kept
+            sent["count"] = 0
+            assert compiled.invoke({"q": "1"}) == {"q": "1", "a": "1a", "b": "1b", "c": "1c"}
+            trips.append(sent["count"])
+        assert sorted(worker.RUNS) == ["a", "b", "c"]
+        assert 1 in trips and max(trips) <= 4, trips
+    finally:
+        monkeypatch.undo()
+        cache.close()
         purge_prefix(redis_url, key_prefix)
