@@ -30,7 +30,9 @@ from llmcache.tiers import Tier
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
+    from llmcache.byte_store import TieredByteStore
     from llmcache.langchain_adapter import TieredCache, default_directory
+    from llmcache.langgraph_cache import NodeCache
 
 __version__ = "0.1.0"
 
@@ -43,11 +45,13 @@ __all__ = [
     "LLMCacheError",
     "MemoryTier",
     "MemoryVersions",
+    "NodeCache",
     "RedisTier",
     "SerializationError",
     "Tier",
     "TierError",
     "TierStats",
+    "TieredByteStore",
     "TieredCache",
     "VersionStore",
     "current_dependencies",
@@ -59,7 +63,9 @@ __all__ = [
 # Imported on first use: RedisTier needs the optional redis package, and the
 # LangChain face is not needed by plain-Python users of the engine.
 _LAZY = {
+    "NodeCache": "llmcache.langgraph_cache",  # needs the langgraph extra
     "RedisTier": "llmcache.backends.redis",
+    "TieredByteStore": "llmcache.byte_store",
     "TieredCache": "llmcache.langchain_adapter",
     "default_directory": "llmcache.langchain_adapter",
 }
