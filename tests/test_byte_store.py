@@ -279,3 +279,22 @@ def test_cache_backed_embeddings_on_redis_make_one_round_trip_per_batch(
         store.close()
         admin.close()
         purge_prefix(redis_url, key_prefix)
+
+
+def test_a_dead_redis_is_a_miss_never_an_error(tmp_path: Path) -> None:
+    """Fail open, batch and all: the embeddings are computed, the call succeeds."""
+    from tests.redis_servers import free_port
+
+    tier = RedisTier(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.2)
+    store = TieredByteStore(l1=MemoryTier(), l2=tier)
+    model = CountingEmbeddings(size=8)
+    embedder = _cached(store, model)
+    first = embedder.embed_documents(["a", "b", "c"])
+    assert model.embedded == 3
+    # Memory above still serves what this process stored; Redis counted its failures.
+    assert embedder.embed_documents(["a", "b", "c"]) == first and model.embedded == 3
+    assert store.stats().tiers["redis"].errors >= 1
+    redis_only = TieredByteStore(l1=None, l2=tier)
+    assert redis_only.mget(["a", "b"]) == [None, None]
+    redis_only.mset([("a", b"x"), ("b", b"y")])
+    store.close()
