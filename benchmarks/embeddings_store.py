@@ -94,7 +94,10 @@ def contenders(url: str) -> list[Contender]:
             if l2 == "disk":
                 lower = DiskTier(directory / "tiered")
             elif l2 == "redis":
-                lower = RedisTier(url, prefix="bench-embeddings:")
+                # A generous socket timeout, like RedisStore's none: the default
+                # 0.25 s fails fast in a request path, and a loaded CI machine can
+                # stall one read of a 512-key reply past it (then it is a miss).
+                lower = RedisTier(url, prefix="bench-embeddings:", socket_timeout=5.0)
             return TieredByteStore(l1=upper, l2=lower, namespace=namespace)
 
         return make

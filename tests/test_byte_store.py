@@ -298,3 +298,21 @@ def test_a_dead_redis_is_a_miss_never_an_error(tmp_path: Path) -> None:
     assert redis_only.mget(["a", "b"]) == [None, None]
     redis_only.mset([("a", b"x"), ("b", b"y")])
     store.close()
+
+
+@pytest.mark.redis
+def test_a_large_batch_goes_in_chunks_of_max_batch(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TieredByteStore(l1=None, l2=RedisTier(redis_url, prefix=key_prefix, max_batch=100))
+    texts = [f"text {i}" for i in range(250)]
+    try:
+        store.mget(["warm up"])
+        trips = _RoundTrips(monkeypatch)
+        store.mset([(text, text.encode()) for text in texts])
+        assert trips.sync == 3
+        assert store.mget(texts) == [text.encode() for text in texts]
+        assert trips.sync == 6
+    finally:
+        store.close()
+        purge_prefix(redis_url, key_prefix)
