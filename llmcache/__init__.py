@@ -30,7 +30,9 @@ from llmcache.tiers import Tier
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
+    from llmcache.byte_store import TieredByteStore
     from llmcache.langchain_adapter import TieredCache, default_directory
+    from llmcache.langgraph_cache import NodeCache
     from llmcache.semantic import SemanticTier
 
 __version__ = "0.1.0"
@@ -44,12 +46,14 @@ __all__ = [
     "LLMCacheError",
     "MemoryTier",
     "MemoryVersions",
+    "NodeCache",
     "RedisTier",
     "SemanticTier",
     "SerializationError",
     "Tier",
     "TierError",
     "TierStats",
+    "TieredByteStore",
     "TieredCache",
     "VersionStore",
     "current_dependencies",
@@ -62,8 +66,10 @@ __all__ = [
 # the optional numpy (the semantic extra), and the
 # LangChain face is not needed by plain-Python users of the engine.
 _LAZY = {
+    "NodeCache": "llmcache.langgraph_cache",  # needs the langgraph extra
     "RedisTier": "llmcache.backends.redis",
     "SemanticTier": "llmcache.semantic",
+    "TieredByteStore": "llmcache.byte_store",
     "TieredCache": "llmcache.langchain_adapter",
     "default_directory": "llmcache.langchain_adapter",
 }

@@ -128,6 +128,16 @@ class Engine:
     async def arun(self, flow: Flow[T]) -> T:
         return await self.layers.arun(flow)
 
+    def run_many(self, flows: Sequence[Flow[T]]) -> list[T]:
+        """Run flows side by side; a tier that batches gets one call a step (Layers.run_many)."""
+        return self.layers.run_many(flows)
+
+    async def arun_many(self, flows: Sequence[Flow[T]]) -> list[T]:
+        """The async twin: concurrent runs, which the Redis tier batches per loop tick."""
+        if len(flows) == 1:
+            return [await self.layers.arun(flows[0])]
+        return list(await asyncio.gather(*(self.layers.arun(flow) for flow in flows)))
+
     # -- reads and writes ---------------------------------------------------------
 
     def dependencies(self, extra: Iterable[str] = ()) -> frozenset[str]:

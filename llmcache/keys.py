@@ -35,6 +35,7 @@ __all__ = [
     "canonical_llm_string",
     "canonical_prompt",
     "namespace_prefix",
+    "part_key",
     "validate_namespace",
 ]
 
@@ -259,3 +260,17 @@ def _drop_transport(params: Any) -> Any:
 
 def _is_secret(value: Any) -> bool:
     return isinstance(value, dict) and value.get("lc") == 1 and value.get("type") == "secret"
+
+
+def part_key(namespace: str, face: str, *parts: str) -> str:
+    """The storage key for a face's own key, given as ``parts`` (a LangGraph node's, a store's).
+
+    ``face`` keeps faces apart: a ByteStore key and a node key never collide,
+    even if a user gives both one engine namespace.
+    """
+    # Length-prefixed fields: unambiguous whatever the parts hold, and several
+    # times cheaper than json.dumps (a ByteStore hashes every key of a batch).
+    fields = (str(KEY_SCHEMA_VERSION), face, namespace, *parts)
+    material = "".join(f"{len(field)}:{field}" for field in fields)
+    digest = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{namespace}:{digest}"

@@ -16,7 +16,15 @@ def test_every_public_name_is_exported_and_sorted() -> None:
 
 
 def test_the_documented_names_are_public() -> None:
-    for name in ("TieredCache", "MemoryTier", "DiskTier", "RedisTier", "LLMCacheError"):
+    for name in (
+        "TieredCache",
+        "MemoryTier",
+        "DiskTier",
+        "RedisTier",
+        "LLMCacheError",
+        "NodeCache",
+        "TieredByteStore",
+    ):
         assert name in llmcache.__all__
 
 

@@ -142,6 +142,15 @@ class MemoryTier(InlineAsync):
             for key in [k for k in list(self._entries) if k.startswith(prefix)]:
                 self._remove(key)
 
+    def held_keys(self, namespace: str) -> list[str]:
+        """Every key of ``namespace`` held now (a memory-only ByteStore lists its keys so).
+
+        Not ``keys``: ``gc`` sweeps the tiers that have that, and memory
+        reclaims its own expired entries as it reads them.
+        """
+        prefix = namespace_prefix(namespace)
+        return [key for key in list(self._entries) if key.startswith(prefix)]
+
     def close(self) -> None:
         """Nothing to release; present for the Tier interface."""
 

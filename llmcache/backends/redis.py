@@ -36,7 +36,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
@@ -297,6 +297,36 @@ class RedisTier:
         rkey, value = self._key(key), _as_bytes(value)
         with self._guard(self._node(rkey), "set"):
             self._client().set(rkey, value, px=_px(ttl))
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Many gets, one round trip per ``max_batch`` keys: MGET, or a pipeline on a cluster.
+
+        Chunked like the async batcher: one reply of 10,000 embeddings would be
+        tens of MB, read against a socket timeout meant for one value.
+        """
+        values: list[Any] = []
+        for start in range(0, len(keys), self.max_batch):
+            rkeys = [self._key(key) for key in keys[start : start + self.max_batch]]
+            with self._guard(self._seed if self.cluster else "server", "get_many"):
+                client = self._client()
+                if self.cluster:
+                    pipe = client.pipeline()
+                    for rkey in rkeys:
+                        pipe.get(rkey)
+                    values.extend(pipe.execute(raise_on_error=False))
+                else:
+                    values.extend(client.mget(rkeys))  # another type under a key reads as nil
+        return [value if isinstance(value, bytes) else None for value in values]
+
+    def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        """Many sets, each with its own TTL: a non-transactional pipeline per ``max_batch``."""
+        for start in range(0, len(items), self.max_batch):
+            with self._guard(self._seed if self.cluster else "server", "set_many"):
+                client = self._client()
+                pipe = client.pipeline() if self.cluster else client.pipeline(transaction=False)
+                for key, value, ttl in items[start : start + self.max_batch]:
+                    pipe.set(self._key(key), _as_bytes(value), px=_px(ttl))
+                pipe.execute()
 
     def delete(self, key: str) -> None:
         rkey = self._key(key)
