@@ -163,7 +163,7 @@ def _caller(top: FrameType | None = None) -> tuple[FrameType | None, bool]:
     batch = False
     while frame is not None and frame is not top:
         module = frame.f_globals.get("__name__")
-        if module in _INTERNAL:
+        if module in _INTERNAL or _delegates_a_lookup(frame):
             frame = frame.f_back
         elif module == _BATCH_MODULE and frame.f_code.co_name in _BATCH_HELPERS:
             batch = True
@@ -171,6 +171,16 @@ def _caller(top: FrameType | None = None) -> tuple[FrameType | None, bool]:
         else:
             break
     return frame, batch
+
+
+# A cache that wraps ours (to observe, log or route lookups) passes a lookup on
+# from a method of the same name and returns before the model is called: the
+# call is its caller's, as it is LangChain's when no wrapper stands between.
+_LOOKUP_NAMES = frozenset({"lookup", "alookup"})
+
+
+def _delegates_a_lookup(frame: FrameType) -> bool:
+    return frame.f_code.co_name in _LOOKUP_NAMES and "self" in frame.f_locals
 
 
 def thread_owner() -> ThreadOwner:

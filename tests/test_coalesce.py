@@ -15,9 +15,11 @@ from typing import Any
 
 import openai
 import pytest
+from langchain_core.caches import BaseCache
 from langchain_core.language_models import LLM
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration
+from langchain_openai import ChatOpenAI
 from pydantic import Field
 
 from llmcache import MemoryTier, TieredCache, depends_on
@@ -563,3 +565,44 @@ async def test_a_base_llm_batch_leads_every_prompt_it_looked_up_async() -> None:
     assert follower == "the answer to p1"
     assert llm.calls == {"p1": 1, "p2": 1, "p3": 1}
     assert cache.stats().extra["coalesced"] == 1
+
+
+class _Wrapper(BaseCache):
+    """A cache that observes ours, as benchmark and logging wrappers do."""
+
+    def __init__(self, inner: TieredCache) -> None:
+        self.inner = inner
+
+    def lookup(self, prompt: str, llm_string: str) -> Any:
+        return self.inner.lookup(prompt, llm_string)
+
+    async def alookup(self, prompt: str, llm_string: str) -> Any:
+        return await self.inner.alookup(prompt, llm_string)
+
+    def update(self, prompt: str, llm_string: str, return_val: Any) -> None:
+        self.inner.update(prompt, llm_string, return_val)
+
+    async def aupdate(self, prompt: str, llm_string: str, return_val: Any) -> None:
+        await self.inner.aupdate(prompt, llm_string, return_val)
+
+    def clear(self, **kwargs: Any) -> None:
+        self.inner.clear()
+
+
+def test_identical_calls_coalesce_through_a_cache_that_wraps_ours(sim: Simulator) -> None:
+    # The wrapper's lookup returns before the model is called: the lead must
+    # belong to LangChain's call around it, not end with the wrapper's frame.
+    model = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=sim.base_url,
+        api_key="sim",
+        cache=_Wrapper(TieredCache(l2=None)),
+    )
+
+    async def gathered() -> None:
+        await asyncio.gather(*(model.ainvoke(f"wrapped dish {i % 3}") for i in range(12)))
+
+    asyncio.run(gathered())
+    assert sim.requests == 3
+    model.batch([f"threaded dish {i % 2}" for i in range(8)], config={"max_concurrency": 8})
+    assert sim.requests == 5

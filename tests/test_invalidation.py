@@ -266,8 +266,10 @@ def test_another_process_stops_serving_at_once_on_one_disk(tmp_path: Path) -> No
         assert reader.wait(timeout=30) == 0
     print(f"other process stopped serving after {seconds * 1e6:.0f} µs")
     # The epoch file is checked on every lookup: the very first one after the
-    # bump misses (its loop never sleeps), so the bound is one lookup.
-    assert seconds < 0.001
+    # bump misses (its loop never sleeps), so the bound is one lookup (a few
+    # hundred µs; 5 ms leaves room for a busy 2-core machine, far below any
+    # polling interval).
+    assert seconds < 0.005
 
 
 def test_disk_versions_are_made_on_first_read_and_kept_by_a_new_store(tmp_path: Path) -> None:
