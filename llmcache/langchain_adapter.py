@@ -21,7 +21,8 @@ from llmcache.coalesce import Coalescer, WaitBound
 from llmcache.config import DEFAULT, Default, default_directory
 from llmcache.engine import Engine, dependency_names
 from llmcache.errors import SerializationError
-from llmcache.generations import compile_template, dump_generations
+from llmcache.generations import build_owned, compile_template, dump_generations
+from llmcache.hot_templates import HotTemplates
 from llmcache.invalidation import DependencyRules, VersionStore
 from llmcache.keys import KeyMemo
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record
@@ -93,6 +94,7 @@ class TieredCache(BaseCache):
         self.ttl = self._engine.ttl
         self._rules = dependencies
         self._keys = KeyMemo()
+        self._hot = HotTemplates()
         self._semantic = semantic
         if semantic is not None:
             # Consulted only after the exact tiers miss; its entries point at exact entries.
@@ -140,6 +142,7 @@ class TieredCache(BaseCache):
         await self._engine.arun(self._clear_flow())
 
     def _clear_flow(self) -> Flow[None]:
+        self._hot.clear()  # not needed for correctness (a new entry is a new version): frees
         yield from self._engine.clear_flow()
         if self._semantic is not None:
             yield from self._semantic.clear_flow(self.namespace)
@@ -228,7 +231,8 @@ class TieredCache(BaseCache):
             return None, None
         record = self._engine.peek(key)
         if record is not None:
-            return self._answer(record, owned=False, retained=True), None
+            # Parsed from memory's bytes for this read (private), or memory's own.
+            return self._answer(record, owned=record.private, retained=True, key=key), None
         return None, self._lookup_flow(key, dependencies, prompt, llm_string)
 
     def _lookup_flow(
@@ -246,7 +250,7 @@ class TieredCache(BaseCache):
         hit = yield from engine.settle_flow(read, engine.wait_bound(prompt, llm_string))
         if hit is None:
             return None
-        return self._answer(hit.record, owned=hit.parsed, retained=hit.retained)
+        return self._answer(hit.record, owned=hit.parsed, retained=hit.retained, key=key)
 
     def _update_flow(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Flow[int]:
         dependencies = self._dependencies(prompt, llm_string)
@@ -291,13 +295,20 @@ class TieredCache(BaseCache):
             return None
         return self._engine.dependencies(derived)
 
-    def _answer(self, record: Record, *, owned: bool, retained: bool) -> RETURN_VAL_TYPE | None:
+    def _answer(
+        self, record: Record, *, owned: bool, retained: bool, key: str | None = None
+    ) -> RETURN_VAL_TYPE | None:
         """Fresh generations built from a hit's record (None, a miss, if it cannot be).
 
         ``owned``: nobody else holds the record's payload yet (just parsed);
         ``retained``: the record lives on in this process, so its compiled
-        template is kept with it for the next hit.
+        template is kept with it for the next hit. A private record (parsed
+        for one read from bytes memory keeps) keeps nothing with it: the
+        template of an answer read again and again is kept in ``_hot``, by
+        ``key``, instead.
         """
+        if record.private:
+            return self._answer_private(record, owned=owned, key=key)
         derived = record.derived
         template = derived.get("generations")
         if template is None:
@@ -319,6 +330,38 @@ class TieredCache(BaseCache):
                 record.payload = None
         self._engine.counters.add_hit(template.tokens, template.nanos)
         return template.build()
+
+    def _answer_private(
+        self, record: Record, *, owned: bool, key: str | None
+    ) -> RETURN_VAL_TYPE | None:
+        """Generations of a payload parsed from memory's bytes for this read.
+
+        The memory entry holds its bytes alone (``serialization.Encoded``):
+        a first read builds from what it parsed and keeps nothing; a second
+        one within the window compiles a template into ``_hot``, which serves
+        the reads after it. ``owned`` is False only when the read was handed
+        to other callers too (coalesced followers): then each copies.
+        """
+        hot = self._hot
+        template = None if key is None else hot.get(key, record.derived)
+        try:
+            if template is None and key is not None and hot.admit(key):
+                payload = record.payload
+                template = compile_template(payload, owned=owned, reusable=True)
+                hot.put(key, record.derived, template, payload)
+            if template is not None:  # the payload is not even parsed
+                generations, tokens, nanos = template.build(), template.tokens, template.nanos
+            elif owned:
+                generations, tokens, nanos = build_owned(record.payload)
+            else:
+                template = compile_template(record.payload, owned=False, reusable=False)
+                generations, tokens, nanos = template.build(), template.tokens, template.nanos
+        except SerializationError as exc:
+            self._engine.counters.failure("errors", "decode generations", exc)
+            self._engine.counters.add("misses")
+            return None
+        self._engine.counters.add_hit(tokens, nanos)
+        return generations
 
 
 def _record_text(record: Record) -> str | None:

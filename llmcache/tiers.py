@@ -474,13 +474,17 @@ class Layers:
             counters.observe(time.perf_counter() - start)
         if type(raw) is not serialization.Encoded or raw.key != key:
             return None
-        record = raw.record
-        if record.expires_at is not None and record.expired(self.clock()):
+        state = raw.state  # expiry and versions are checked before the payload is parsed
+        if state.expires_at is not None and state.expired(self.clock()):
             return None
-        if record.dependencies:
+        if state.dependencies:
             generation = self._generation()
-            if generation is None or record.derived.get("fresh_at") != (namespace, generation):
+            if generation is None or state.derived.get("fresh_at") != (namespace, generation):
                 return None
+        try:
+            record = raw.record
+        except Exception:  # not counted here: the walk reads again, and counts that
+            return None
         counters.add("hits")
         return record
 
@@ -509,8 +513,10 @@ class Layers:
                 counters.add("misses")
                 continue
             now = self.clock()
-            parsed = not (type(raw) is serialization.Encoded and raw.key == key)
-            memo = self.decoded if index == 0 and parsed else None
+            own = type(raw) is serialization.Encoded and raw.key == key
+            # Parsed here: from stored bytes, or for this read from an in-process tier's.
+            parsed = not own or raw.body > 0
+            memo = self.decoded if index == 0 and not own else None
             record = None if memo is None else memo.get(key, raw)
             if record is not None:
                 parsed = False  # decoded from these very bytes before, and kept
@@ -560,8 +566,11 @@ class Layers:
                 for upper in range(index):
                     yield Put(upper, key, promoted, ttl)
                     self._counters[upper].add("writes")
-            # Kept in memory (an in-process tier, the memo), or promoted there.
-            retained = not parsed or index > 0 or memo is not None
+                retained = promoted.state is record  # else the bytes alone are kept
+            else:
+                # Kept in memory: an in-process tier's own record (not a payload
+                # parsed for this read from its bytes), or the memo's.
+                retained = not parsed or memo is not None
             return Hit(record, self.tiers[index].name, parsed, retained), snapshot
         return None, snapshot
 
