@@ -271,7 +271,8 @@ def _checked(
     cls = _GENERATIONS.get(kind) if type(kind) is str else None
     text = item.get("text")
     info = item.get("info")
-    if cls is None or type(text) is not str or (info is not None and type(info) is not dict):
+    # isinstance: an unparsed payload (a coalesced leader's) may hold str and dict subclasses.
+    if cls is None or not isinstance(text, str) or not isinstance(info, (dict, type(None))):
         raise SerializationError(f"not an allowed generation: {item.get('type')!r}")
     message_cls, fields, complete = (None, None, False)
     if cls in _CHAT_GENERATIONS:

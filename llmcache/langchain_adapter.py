@@ -302,13 +302,13 @@ class TieredCache(BaseCache):
 
         ``owned``: nobody else holds the record's payload yet (just parsed);
         ``retained``: the record lives on in this process, so its compiled
-        template is kept with it for the next hit. A private record (parsed
-        for one read from bytes memory keeps) keeps nothing with it: the
-        template of an answer read again and again is kept in ``_hot``, by
-        ``key``, instead.
+        template is kept with it for the next hit. Any other record (one
+        parsed for this read, from memory's bytes or a lower tier's) keeps
+        nothing with it: the template of an answer read again and again is
+        kept in ``_hot``, by ``key``, instead.
         """
-        if record.private:
-            return self._answer_private(record, owned=owned, key=key)
+        if record.private or not retained:
+            return self._answer_unkept(record, owned=owned, key=key)
         derived = record.derived
         template = derived.get("generations")
         if template is None:
@@ -331,16 +331,18 @@ class TieredCache(BaseCache):
         self._engine.counters.add_hit(template.tokens, template.nanos)
         return template.build()
 
-    def _answer_private(
+    def _answer_unkept(
         self, record: Record, *, owned: bool, key: str | None
     ) -> RETURN_VAL_TYPE | None:
-        """Generations of a payload parsed from memory's bytes for this read.
+        """Generations of a record nothing keeps: parsed for this read.
 
-        The memory entry holds its bytes alone (``serialization.Encoded``):
-        a first read builds from what it parsed and keeps nothing; a second
-        one within the window compiles a template into ``_hot``, which serves
-        the reads after it. ``owned`` is False only when the read was handed
-        to other callers too (coalesced followers): then each copies.
+        A memory entry holds its bytes alone (``serialization.Encoded``),
+        and shares ``derived`` with the record read from them or promoted
+        into them: a first read builds from what it parsed and keeps
+        nothing; a second one within the window compiles a template into
+        ``_hot``, which serves the reads after it. ``owned`` is False only
+        when the read was handed to other callers too (coalesced
+        followers): then each copies.
         """
         hot = self._hot
         template = None if key is None else hot.get(key, record.derived)
