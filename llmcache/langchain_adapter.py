@@ -229,9 +229,15 @@ class TieredCache(BaseCache):
         if dependencies is None:
             self._engine.counters.add("misses")
             return None, None
-        record = self._engine.peek(key)
-        if record is not None:
+        raw = self._engine.peek_encoded(key)
+        if raw is not None:
+            # An answer read again and again: its template, kept beside the entry.
+            template = self._hot.get(key, raw.state.derived)
+            if template is not None:
+                self._engine.counters.add_hit(template.tokens, template.nanos)
+                return template.build(), None
             # Parsed from memory's bytes for this read (private), or memory's own.
+            record = raw.record
             return self._answer(record, owned=record.private, retained=True, key=key), None
         return None, self._lookup_flow(key, dependencies, prompt, llm_string)
 

@@ -454,9 +454,18 @@ class Layers:
         driver would double its cost): an in-process top tier holding a record
         this process built or verified, unexpired, and either with no
         dependencies or already found current at this generation of the
-        version store. The record is this process's own: it is not parsed
-        and stays retained. Anything else returns None without counting a
-        miss, and :meth:`get_flow` walks the tiers as usual.
+        version store. Its payload is parsed from the bytes when first read
+        (``serialization.Encoded``). Anything else returns None without
+        counting a miss, and :meth:`get_flow` walks the tiers as usual.
+        """
+        raw = self.peek_encoded(key, namespace)
+        return None if raw is None else raw.record
+
+    def peek_encoded(self, key: str, namespace: str) -> serialization.Encoded | None:
+        """What :meth:`peek` reads, before any record is made of it (counted as a hit).
+
+        For a face that may answer from what it keeps beside the entry (a
+        template, by the entry's ``state.derived``) without even a record.
         """
         if not self._peekable:
             return None
@@ -474,19 +483,15 @@ class Layers:
             counters.observe(time.perf_counter() - start)
         if type(raw) is not serialization.Encoded or raw.key != key:
             return None
-        state = raw.state  # expiry and versions are checked before the payload is parsed
+        state = raw.state  # the expiry and versions, without the payload
         if state.expires_at is not None and state.expired(self.clock()):
             return None
         if state.dependencies:
             generation = self._generation()
             if generation is None or state.derived.get("fresh_at") != (namespace, generation):
                 return None
-        try:
-            record = raw.record
-        except Exception:  # not counted here: the walk reads again, and counts that
-            return None
         counters.add("hits")
-        return record
+        return raw
 
     def get_flow(
         self, key: str, namespace: str = "", dependencies: Collection[str] = ()
