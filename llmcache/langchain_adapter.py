@@ -310,11 +310,16 @@ class TieredCache(BaseCache):
         ``retained``: the record lives on in this process, so its compiled
         template is kept with it for the next hit. Any other record (one
         parsed for this read, from memory's bytes or a lower tier's) keeps
-        nothing with it: the template of an answer read again and again is
-        kept in ``_hot``, by ``key``, instead.
+        nothing with it: the template of an answer read again and again from
+        memory is kept in ``_hot``, by ``key``, instead. (A record parsed from
+        a lower tier's bytes is not filed there: memory, if it took the
+        entry, is read next time, and without memory its next read is
+        another parse, another ``derived``, which no kept template matches.)
         """
-        if record.private or not retained:
+        if record.private:
             return self._answer_unkept(record, owned=owned, key=key)
+        if not retained:
+            return self._answer_unkept(record, owned=owned, key=None)
         derived = record.derived
         template = derived.get("generations")
         if template is None:
@@ -343,12 +348,12 @@ class TieredCache(BaseCache):
         """Generations of a record nothing keeps: parsed for this read.
 
         A memory entry holds its bytes alone (``serialization.Encoded``),
-        and shares ``derived`` with the record read from them or promoted
-        into them: a first read builds from what it parsed and keeps
-        nothing; a second one within the window compiles a template into
-        ``_hot``, which serves the reads after it. ``owned`` is False only
-        when the read was handed to other callers too (coalesced
-        followers): then each copies.
+        and shares ``derived`` with the record read from them: a first read
+        builds from what it parsed and keeps nothing; a second one within
+        the window compiles a template into ``_hot`` (not with no ``key``),
+        which serves the reads after it. ``owned`` is False only when the
+        read was handed to other callers too (coalesced followers): then
+        each copies.
         """
         hot = self._hot
         template = None if key is None else hot.get(key, record.derived)

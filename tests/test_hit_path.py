@@ -202,3 +202,14 @@ def test_usage_and_cost_are_counted_on_every_path() -> None:
     one.update("p", LLM, chat(10))
     one.lookup("p", LLM)
     assert stats.cost_saved_nanos == 3 * one.stats().cost_saved_nanos > 0
+
+
+def test_answers_parsed_from_a_lower_tier_file_no_template(tmp_path: Path) -> None:
+    # Each read of a disk top tier with no memo parses anew (another derived
+    # dict): a template filed for one would never be served, only compiled.
+    cache = TieredCache(l1=None, l2=DiskTier(tmp_path))
+    cache._layers.decoded = None
+    cache.update("p", LLM, chat(11))
+    for _ in range(4):
+        _same(cache.lookup("p", LLM), chat(11))
+    assert len(cache._hot) == 0
