@@ -88,7 +88,7 @@ def _cache(name: str, directory: Path, *, entries: int = 10_000, url: str = "") 
         # Room for every entry: this measures cost per entry, not eviction.
         return TieredCache(l1=MemoryTier(max_entries=entries + 1, max_bytes=1 << 40), l2=None)
     if name == TIERED_DISK:
-        return TieredCache(l2=DiskTier(directory / "disk"))
+        return TieredCache(l2=_disk(directory))
     if name == TIERED_REDIS:
         return TieredCache(l1=None, l2=url, secret=None)
     if name == REDIS_LC:
@@ -100,6 +100,12 @@ def _cache(name: str, directory: Path, *, entries: int = 10_000, url: str = "") 
 
         return RedisCache(redis.Redis.from_url(url))
     raise SystemExit(f"unknown contender {name!r}")
+
+
+def _disk(directory: Path) -> DiskTier:
+    # Room for every entry (the default 1 GiB holds about 400k of these
+    # answers, then culls): this measures cost per entry, not eviction.
+    return DiskTier(directory / "disk", size_limit=1 << 40)
 
 
 def _model(cache: BaseCache, base_url: str) -> ChatOpenAI:
@@ -236,7 +242,7 @@ def _entries_worker(spec: dict[str, Any]) -> None:
     for i, prompt in enumerate(prompts):
         cache.update(prompt, llm_string, answer(i))
     if name == TIERED_DISK:
-        cache = TieredCache(l2=DiskTier(directory / "disk"))  # a fresh process's view: L1 empty
+        cache = TieredCache(l2=_disk(directory))  # a fresh process's view: L1 empty
     gc.collect()
     held = _rss() - before
     rng = random.Random(spec["seed"])
