@@ -1,0 +1,421 @@
+"""Streamed calls served from the cache, and stored: ``cached(model, cache)``.
+
+LangChain's chat models never consult a cache when they stream (``stream``,
+``astream``, ``astream_events``, a chain or a LangGraph node that streams):
+only ``invoke``'s path (``BaseChatModel._generate_with_cache``) does. So
+``BaseCache`` alone cannot serve a stream, and this face is a model wrapper:
+:func:`cached` returns a copy of the model whose class is a subclass of the
+model's own, overriding ``_stream`` / ``_astream``. Everything LangChain builds
+on the model (``bind_tools``, ``with_structured_output``, ``|`` chains,
+``with_config``...) builds on the copy, so it streams through the cache too.
+
+A stream looks the cache up under the very key ``invoke`` uses (the same
+``dumps(messages)`` and ``_get_llm_string(stop, **kwargs)``), through the
+cache's public ``lookup`` / ``update``: a ``stream`` after an ``invoke``
+hits, and the reverse; TTL, dependencies, namespaces, stats and coalescing
+apply unchanged, and any ``BaseCache`` works (``TieredCache`` coalesces).
+
+* A hit is served as chunks (:func:`served_chunks`): the text in pieces of
+  whole words, each tool call as a tool-call chunk, then one last chunk with
+  the usage and the response metadata. Added up, they equal what ``invoke``
+  returns from the same entry. No upstream call is made.
+* A miss streams upstream, chunk by chunk as they come, and keeps them; only
+  when the upstream stream ends is their sum stored (as ``invoke`` with
+  streaming on would store it). A stream that fails, is cancelled or is
+  closed half-way stores nothing and ends its lead at once.
+* Identical concurrent streams: the first leads (its lead is held by the
+  stream, not by a frame: a generator is off the stack between chunks); the
+  others wait in their lookup for its stored answer, then are served it as
+  chunks, all at once. A leader that ends without an answer releases them to
+  lead themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeVar, cast
+
+from langchain_core.caches import BaseCache
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.globals import get_llm_cache
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
+from langchain_core.load import dumps
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation
+
+from llmcache.errors import ConfigurationError
+from llmcache.leaders import HeldOwner, leading_as, task_owner, thread_owner
+
+__all__ = ["DEFAULT_CHUNK_CHARS", "cached", "served_chunks", "stored_answer"]
+
+logger = logging.getLogger("llmcache.streaming")
+
+ChatModelT = TypeVar("ChatModelT", bound=BaseChatModel)
+
+#: A served stream's text comes in pieces of whole words, each at least this long.
+DEFAULT_CHUNK_CHARS = 16
+
+# The model whose LangChain cache path (invoke's) is running in this context:
+# that path looked the cache up already and stores the answer itself, so its
+# ``_stream`` goes straight upstream.
+_IN_CACHE_PATH: ContextVar[BaseChatModel | None] = ContextVar(
+    "llmcache_in_cache_path", default=None
+)
+
+_WORDS = re.compile(r"\S+\s*|\s+")
+_classes: dict[tuple[type[BaseChatModel], int], type[BaseChatModel]] = {}
+_originals: dict[type[BaseChatModel], type[BaseChatModel]] = {}
+_classes_lock = threading.Lock()
+
+
+def cached(
+    model: ChatModelT,
+    cache: BaseCache | None = None,
+    *,
+    chunk_chars: int = DEFAULT_CHUNK_CHARS,
+) -> ChatModelT:
+    """A copy of ``model`` whose streamed calls are served from the cache and stored in it.
+
+    ``cache``: the cache of the copy, for ``invoke`` and ``stream`` alike (its
+    ``cache`` field is set to it). None keeps the model's own setting, read
+    at each call as LangChain reads it: a ``BaseCache`` on the model, else the
+    global one (``set_llm_cache``); ``cache=False`` on the model: no caching.
+    ``chunk_chars``: served text comes in pieces of whole words at least this
+    long (1: a word per chunk). The model itself is not changed.
+    """
+    given: object = model  # checked at run time too: callers are not all typed
+    if not isinstance(given, BaseChatModel):
+        hint = (
+            " (wrap the chat model, then bind: cached(model).bind_tools(...))"
+            if isinstance(getattr(given, "bound", None), BaseChatModel)
+            else ""
+        )
+        raise ConfigurationError(f"cached() takes a chat model, not {type(given).__name__}{hint}")
+    if cache is not None and not isinstance(cache, BaseCache):
+        raise ConfigurationError(f"cache is a LangChain BaseCache or None: {cache!r}")
+    if isinstance(chunk_chars, bool) or not isinstance(chunk_chars, int) or chunk_chars < 1:
+        raise ConfigurationError(f"chunk_chars is an int >= 1: {chunk_chars!r}")
+    base = _originals.get(type(model), type(model))
+    copy = model.model_copy(update=None if cache is None else {"cache": cache})
+    # Same memory layout (a subclass adding no slots or fields): only the class changes.
+    object.__setattr__(copy, "__class__", _subclass(base, chunk_chars))
+    return copy
+
+
+def _subclass(base: type[BaseChatModel], chunk_chars: int) -> type[BaseChatModel]:
+    """``base`` with cached streaming, made once per class and chunk size.
+
+    It keeps ``base``'s name, qualified name and module, so LangChain
+    serializes it as ``base``: its ``llm_string`` (a part of every key) is the
+    plain model's, and the wrapped and plain models share entries.
+    """
+    with _classes_lock:
+        made = _classes.get((base, chunk_chars))
+        if made is not None:
+            return made
+        if not hasattr(BaseChatModel, "_generate_with_cache"):
+            raise ConfigurationError(
+                "this langchain-core has no BaseChatModel._generate_with_cache: cached() cannot "
+                "tell invoke's streaming from a stream, so it does not wrap models here"
+            )
+        namespace = _methods(base, chunk_chars)
+        namespace.update(__module__=base.__module__, __qualname__=base.__qualname__)
+        namespace["__doc__"] = base.__doc__
+        metaclass: Any = type(base)  # pydantic's: the subclass is a model like base
+        made = cast(type[BaseChatModel], metaclass(base.__name__, (base,), namespace))
+        _classes[(base, chunk_chars)] = made
+        _originals[made] = base
+        return made
+
+
+def _methods(base: type[BaseChatModel], chunk_chars: int) -> dict[str, Any]:
+    """The overrides: ``_stream``/``_astream`` where ``base`` streams, and invoke's cache path."""
+    upstream_stream = base._stream
+    upstream_astream = base._astream
+    generate_with_cache = base._generate_with_cache
+    agenerate_with_cache = base._agenerate_with_cache
+
+    def _stream(
+        self: BaseChatModel,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        def upstream() -> Iterator[ChatGenerationChunk]:
+            return upstream_stream(self, messages, stop=stop, run_manager=run_manager, **kwargs)
+
+        cache = None if _IN_CACHE_PATH.get() is self else _cache_of(self)
+        if cache is None:
+            return upstream()
+        call = _Call(self, cache, messages, stop, kwargs, chunk_chars)
+        return _stream_through(call, upstream, run_manager)
+
+    def _astream(
+        self: BaseChatModel,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        def upstream() -> AsyncIterator[ChatGenerationChunk]:
+            return upstream_astream(self, messages, stop=stop, run_manager=run_manager, **kwargs)
+
+        cache = None if _IN_CACHE_PATH.get() is self else _cache_of(self)
+        if cache is None:
+            return upstream()
+        call = _Call(self, cache, messages, stop, kwargs, chunk_chars)
+        return _astream_through(call, upstream, run_manager)
+
+    def _generate_with_cache(self: BaseChatModel, *args: Any, **kwargs: Any) -> Any:
+        token = _IN_CACHE_PATH.set(self)
+        try:
+            return generate_with_cache(self, *args, **kwargs)
+        finally:
+            _IN_CACHE_PATH.reset(token)
+
+    async def _agenerate_with_cache(self: BaseChatModel, *args: Any, **kwargs: Any) -> Any:
+        token = _IN_CACHE_PATH.set(self)
+        try:
+            return await agenerate_with_cache(self, *args, **kwargs)
+        finally:
+            _IN_CACHE_PATH.reset(token)
+
+    methods: dict[str, Any] = {
+        "_generate_with_cache": _generate_with_cache,
+        "_agenerate_with_cache": _agenerate_with_cache,
+    }
+    # Only what the model implements: LangChain asks whether _stream/_astream are
+    # overridden to decide whether a model streams at all. A model with a sync
+    # stream only streams async through LangChain's fallback, which runs our
+    # _stream in a worker thread.
+    if upstream_stream is not BaseChatModel._stream:
+        methods["_stream"] = _stream
+    if upstream_astream is not BaseChatModel._astream:
+        methods["_astream"] = _astream
+    return methods
+
+
+def _cache_of(model: BaseChatModel) -> BaseCache | None:
+    """The model's cache as LangChain's invoke path resolves it (None: do not cache)."""
+    if isinstance(model.cache, BaseCache):
+        return model.cache
+    if model.cache is False:
+        return None
+    cache = get_llm_cache()
+    if cache is None and model.cache is True:
+        raise ConfigurationError("the model asks to cache (cache=True), but no cache is set")
+    return cache
+
+
+class _Call:
+    """One streamed call's key, lead and chunks: the part the sync and async shells share."""
+
+    def __init__(
+        self,
+        model: BaseChatModel,
+        cache: BaseCache,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        chunk_chars: int,
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.chunk_chars = chunk_chars
+        # Exactly BaseChatModel._generate_with_cache's key: ids do not count.
+        self.llm_string = model._get_llm_string(stop=stop, **kwargs)
+        self.prompt = dumps(
+            [
+                message.model_copy(update={"id": None}) if message.id is not None else message
+                for message in messages
+            ]
+        )
+        self.chunks: list[ChatGenerationChunk] = []
+        self.owner: HeldOwner | None = None
+
+    def lead(self, base: Callable[[], Any]) -> HeldOwner:
+        """The owner this call's lookup leads as: the stream, not the frame that looked."""
+        self.owner = HeldOwner(base())
+        return self.owner
+
+    def served(self, value: Sequence[Generation] | None) -> list[ChatGenerationChunk] | None:
+        """A hit as chunks; None for a miss (or a value that cannot be served: go upstream)."""
+        if not isinstance(value, list) or not value:
+            return None  # LangChain's rule: anything but a non-empty list is a miss
+        try:
+            convert = getattr(self.model, "_convert_cached_generations", None)
+            # What invoke does to a hit (plain Generations to AIMessages, total_cost 0).
+            generations = convert(value) if convert is not None else value
+            return served_chunks(generations[0], self.chunk_chars)
+        except Exception as exc:
+            logger.warning("llmcache: a cached answer could not be streamed: %s", exc)
+            return None
+
+    def answer(self) -> list[ChatGeneration] | None:
+        try:
+            return stored_answer(self.chunks)
+        except Exception as exc:  # never fail a stream that worked
+            logger.warning("llmcache: a streamed answer could not be stored: %s", exc)
+            return None
+
+    def end(self) -> None:
+        if self.owner is not None:
+            self.owner.end()
+
+
+def _stream_through(
+    call: _Call,
+    upstream: Callable[[], Iterator[ChatGenerationChunk]],
+    run_manager: CallbackManagerForLLMRun | None,
+) -> Iterator[ChatGenerationChunk]:
+    """The sync shell: serve the hit, or stream upstream and store the completed answer."""
+    try:
+        try:
+            with leading_as(call.lead(thread_owner)):
+                value = call.cache.lookup(call.prompt, call.llm_string)
+        except Exception as exc:  # a cache that raises is a miss
+            logger.warning("llmcache: a stream's lookup failed: %s", exc)
+            value = None
+        served = call.served(value)
+        if served is not None:
+            for chunk in served:
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+            return
+        for chunk in upstream():
+            call.chunks.append(chunk)
+            yield chunk
+        answer = call.answer()
+        if answer is not None:
+            try:
+                call.cache.update(call.prompt, call.llm_string, answer)
+            except Exception as exc:
+                logger.warning("llmcache: a streamed answer could not be stored: %s", exc)
+    finally:
+        call.end()  # stored: a no-op; else its followers stop waiting now
+
+
+async def _astream_through(
+    call: _Call,
+    upstream: Callable[[], AsyncIterator[ChatGenerationChunk]],
+    run_manager: AsyncCallbackManagerForLLMRun | None,
+) -> AsyncIterator[ChatGenerationChunk]:
+    """The async twin of :func:`_stream_through`."""
+    try:
+        try:
+            with leading_as(call.lead(task_owner)):
+                value = await call.cache.alookup(call.prompt, call.llm_string)
+        except Exception as exc:
+            logger.warning("llmcache: a stream's lookup failed: %s", exc)
+            value = None
+        served = call.served(value)
+        if served is not None:
+            for chunk in served:
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+            return
+        async for chunk in upstream():
+            call.chunks.append(chunk)
+            yield chunk
+        answer = call.answer()
+        if answer is not None:
+            try:
+                await call.cache.aupdate(call.prompt, call.llm_string, answer)
+            except Exception as exc:
+                logger.warning("llmcache: a streamed answer could not be stored: %s", exc)
+    finally:
+        call.end()
+
+
+# -- pure: answers to chunks and back ----------------------------------------------------
+
+
+def served_chunks(
+    generation: Generation, chunk_chars: int = DEFAULT_CHUNK_CHARS
+) -> list[ChatGenerationChunk]:
+    """A cached generation as the chunks of a stream; added up, they equal its message.
+
+    Text content in pieces of whole words (each at least ``chunk_chars``
+    long but the last); list content (content blocks) in one chunk; each
+    tool call as one tool-call chunk (its arguments as JSON); then a last
+    chunk with the usage, the response metadata and the generation info.
+    Every chunk carries the message's id. Raises ValueError for a
+    generation that holds no AI message.
+    """
+    message = getattr(generation, "message", None)
+    if message is None:
+        message = AIMessage(content=generation.text)
+    if not isinstance(message, AIMessage):
+        raise ValueError(f"not an AI message: {type(message).__name__}")
+    content = message.content
+    empty: str | list[str | dict[str, Any]] = "" if isinstance(content, str) else []
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        parts.extend({"content": piece} for piece in _pieces(content, chunk_chars))
+    elif content:
+        parts.append({"content": list(content)})
+    index = 0
+    for call in message.tool_calls:
+        args = json.dumps(call["args"], ensure_ascii=False)
+        parts.append({"content": empty, "tool_call_chunks": [_tool_chunk(call, args, index)]})
+        index += 1
+    for invalid in message.invalid_tool_calls:
+        parts.append({"content": empty, "tool_call_chunks": [_tool_chunk(invalid, None, index)]})
+        index += 1
+    chunks = [ChatGenerationChunk(message=AIMessageChunk(id=message.id, **part)) for part in parts]
+    last = AIMessageChunk(content=empty, id=message.id, chunk_position="last")
+    # Assigned, not validated: a hit's usage may carry keys UsageMetadata does not
+    # declare (LangChain's total_cost), which validation would drop.
+    last.usage_metadata = message.usage_metadata
+    last.response_metadata = dict(message.response_metadata)
+    chunks.append(ChatGenerationChunk(message=last, generation_info=generation.generation_info))
+    if message.additional_kwargs:
+        chunks[0].message.additional_kwargs = dict(message.additional_kwargs)
+    return chunks
+
+
+def _tool_chunk(call: Any, args: str | None, index: int) -> Any:
+    return tool_call_chunk(
+        name=call.get("name"),
+        args=args if args is not None else call.get("args"),
+        id=call.get("id"),
+        index=index,
+    )
+
+
+def _pieces(text: str, chunk_chars: int) -> list[str]:
+    """``text`` in pieces of whole words (with their trailing spaces), each >= ``chunk_chars``."""
+    pieces: list[str] = []
+    current = ""
+    for word in _WORDS.findall(text):
+        current += word
+        if len(current) >= chunk_chars:
+            pieces.append(current)
+            current = ""
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def stored_answer(chunks: Sequence[ChatGenerationChunk]) -> list[ChatGeneration] | None:
+    """What a completed stream stores: its chunks added up, as invoke's streaming path stores it.
+
+    None for a stream with no chunks (nothing to store).
+    """
+    if not chunks:
+        return None
+    generation = generate_from_stream(iter(chunks)).generations[0]
+    message = generation.message
+    # LangChain's invoke folds generation info into the message's metadata before storing.
+    message.response_metadata = {**(generation.generation_info or {}), **message.response_metadata}
+    return [generation]
