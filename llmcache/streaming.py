@@ -32,9 +32,7 @@ apply unchanged, and any ``BaseCache`` works (``TieredCache`` coalesces).
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -44,32 +42,37 @@ from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.load import dumps
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
 
 from llmcache.errors import ConfigurationError
 from llmcache.leaders import HeldOwner, leading_as, task_owner, thread_owner
+from llmcache.stream_chunks import DEFAULT_CHUNK_CHARS, served_chunks, stored_answer
 
-__all__ = ["DEFAULT_CHUNK_CHARS", "cached", "served_chunks", "stored_answer"]
+__all__ = ["cached"]
 
 logger = logging.getLogger("llmcache.streaming")
 
 ChatModelT = TypeVar("ChatModelT", bound=BaseChatModel)
 
-#: A served stream's text comes in pieces of whole words, each at least this long.
-DEFAULT_CHUNK_CHARS = 16
 
-# The model whose LangChain cache path (invoke's) is running in this context:
-# that path looked the cache up already and stores the answer itself, so its
-# ``_stream`` goes straight upstream.
-_IN_CACHE_PATH: ContextVar[BaseChatModel | None] = ContextVar(
-    "llmcache_in_cache_path", default=None
-)
+class _CachePath:
+    """Invoke's cache path (``_generate_with_cache``) running for ``model`` in this context.
 
-_WORDS = re.compile(r"\S+\s*|\s+")
+    That path looked the cache up already and stores the answer itself, so
+    the model's ``_stream`` goes straight upstream there (and notes it did).
+    """
+
+    __slots__ = ("model", "streamed")
+
+    def __init__(self, model: BaseChatModel) -> None:
+        self.model = model
+        self.streamed = False
+
+
+_CACHE_PATH: ContextVar[_CachePath | None] = ContextVar("llmcache_cache_path", default=None)
+
 _classes: dict[tuple[type[BaseChatModel], int], type[BaseChatModel]] = {}
 _originals: dict[type[BaseChatModel], type[BaseChatModel]] = {}
 _classes_lock = threading.Lock()
@@ -152,7 +155,7 @@ def _methods(base: type[BaseChatModel], chunk_chars: int) -> dict[str, Any]:
         def upstream() -> Iterator[ChatGenerationChunk]:
             return upstream_stream(self, messages, stop=stop, run_manager=run_manager, **kwargs)
 
-        cache = None if _IN_CACHE_PATH.get() is self else _cache_of(self)
+        cache = _stream_cache(self)
         if cache is None:
             return upstream()
         call = _Call(self, cache, messages, stop, kwargs, chunk_chars)
@@ -168,25 +171,47 @@ def _methods(base: type[BaseChatModel], chunk_chars: int) -> dict[str, Any]:
         def upstream() -> AsyncIterator[ChatGenerationChunk]:
             return upstream_astream(self, messages, stop=stop, run_manager=run_manager, **kwargs)
 
-        cache = None if _IN_CACHE_PATH.get() is self else _cache_of(self)
+        cache = _stream_cache(self)
         if cache is None:
             return upstream()
         call = _Call(self, cache, messages, stop, kwargs, chunk_chars)
         return _astream_through(call, upstream, run_manager)
 
-    def _generate_with_cache(self: BaseChatModel, *args: Any, **kwargs: Any) -> Any:
-        token = _IN_CACHE_PATH.set(self)
+    def _generate_with_cache(
+        self: BaseChatModel,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        path = _CachePath(self)
+        token = _CACHE_PATH.set(path)
         try:
-            return generate_with_cache(self, *args, **kwargs)
+            result = generate_with_cache(self, messages, stop, run_manager, **kwargs)
         finally:
-            _IN_CACHE_PATH.reset(token)
+            _CACHE_PATH.reset(token)
+        if run_manager is not None:
+            for chunk in _replayed(self, path, result, run_manager, kwargs, chunk_chars):
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        return result
 
-    async def _agenerate_with_cache(self: BaseChatModel, *args: Any, **kwargs: Any) -> Any:
-        token = _IN_CACHE_PATH.set(self)
+    async def _agenerate_with_cache(
+        self: BaseChatModel,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        path = _CachePath(self)
+        token = _CACHE_PATH.set(path)
         try:
-            return await agenerate_with_cache(self, *args, **kwargs)
+            result = await agenerate_with_cache(self, messages, stop, run_manager, **kwargs)
         finally:
-            _IN_CACHE_PATH.reset(token)
+            _CACHE_PATH.reset(token)
+        if run_manager is not None:
+            for chunk in _replayed(self, path, result, run_manager, kwargs, chunk_chars):
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        return result
 
     methods: dict[str, Any] = {
         "_generate_with_cache": _generate_with_cache,
@@ -201,6 +226,52 @@ def _methods(base: type[BaseChatModel], chunk_chars: int) -> dict[str, Any]:
     if upstream_astream is not BaseChatModel._astream:
         methods["_astream"] = _astream
     return methods
+
+
+def _stream_cache(model: BaseChatModel) -> BaseCache | None:
+    """The cache a stream of ``model`` goes through here (None: straight upstream)."""
+    path = _CACHE_PATH.get()
+    if path is not None and path.model is model:
+        path.streamed = True  # invoke's own streaming: it looked up and stores itself
+        return None
+    return _cache_of(model)
+
+
+def _replayed(
+    model: BaseChatModel,
+    path: _CachePath,
+    result: ChatResult,
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun,
+    kwargs: dict[str, Any],
+    chunk_chars: int,
+) -> list[ChatGenerationChunk]:
+    """The chunks of an invoke's hit, for callbacks that wanted it streamed ([]: none).
+
+    An invoke whose callbacks ask for tokens (LangGraph's ``stream_mode=
+    "messages"``, ``astream_events``) streams a miss; LangChain serves a hit
+    whole. So that a warm cache streams like a cold one, the hit is replayed
+    as tokens (LangChain does the same for its v2 protocol handlers only).
+    A call that should stream but did not is a hit: a miss would have streamed.
+    """
+    if path.streamed or not result.generations:
+        return []
+    try:
+        asynchronous = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+        if not model._should_stream(async_api=asynchronous, run_manager=run_manager, **kwargs):
+            return []
+        protocol = getattr(model, "_should_use_protocol_streaming", None)
+        if protocol is not None and protocol(
+            async_api=asynchronous, run_manager=run_manager, **kwargs
+        ):
+            return []  # LangChain replays hits to those handlers itself
+        generation = result.generations[0]
+        if generation.message.id is None:
+            # The chunks and the message share an id, so consumers see one message.
+            generation.message.id = f"lc_run--{run_manager.run_id}"
+        return served_chunks(generation, chunk_chars)
+    except Exception as exc:  # the answer stands; only its tokens are not replayed
+        logger.warning("llmcache: a cached answer could not be replayed as tokens: %s", exc)
+        return []
 
 
 def _cache_of(model: BaseChatModel) -> BaseCache | None:
@@ -335,87 +406,3 @@ async def _astream_through(
                 logger.warning("llmcache: a streamed answer could not be stored: %s", exc)
     finally:
         call.end()
-
-
-# -- pure: answers to chunks and back ----------------------------------------------------
-
-
-def served_chunks(
-    generation: Generation, chunk_chars: int = DEFAULT_CHUNK_CHARS
-) -> list[ChatGenerationChunk]:
-    """A cached generation as the chunks of a stream; added up, they equal its message.
-
-    Text content in pieces of whole words (each at least ``chunk_chars``
-    long but the last); list content (content blocks) in one chunk; each
-    tool call as one tool-call chunk (its arguments as JSON); then a last
-    chunk with the usage, the response metadata and the generation info.
-    Every chunk carries the message's id. Raises ValueError for a
-    generation that holds no AI message.
-    """
-    message = getattr(generation, "message", None)
-    if message is None:
-        message = AIMessage(content=generation.text)
-    if not isinstance(message, AIMessage):
-        raise ValueError(f"not an AI message: {type(message).__name__}")
-    content = message.content
-    empty: str | list[str | dict[str, Any]] = "" if isinstance(content, str) else []
-    parts: list[dict[str, Any]] = []
-    if isinstance(content, str):
-        parts.extend({"content": piece} for piece in _pieces(content, chunk_chars))
-    elif content:
-        parts.append({"content": list(content)})
-    index = 0
-    for call in message.tool_calls:
-        args = json.dumps(call["args"], ensure_ascii=False)
-        parts.append({"content": empty, "tool_call_chunks": [_tool_chunk(call, args, index)]})
-        index += 1
-    for invalid in message.invalid_tool_calls:
-        parts.append({"content": empty, "tool_call_chunks": [_tool_chunk(invalid, None, index)]})
-        index += 1
-    chunks = [ChatGenerationChunk(message=AIMessageChunk(id=message.id, **part)) for part in parts]
-    last = AIMessageChunk(content=empty, id=message.id, chunk_position="last")
-    # Assigned, not validated: a hit's usage may carry keys UsageMetadata does not
-    # declare (LangChain's total_cost), which validation would drop.
-    last.usage_metadata = message.usage_metadata
-    last.response_metadata = dict(message.response_metadata)
-    chunks.append(ChatGenerationChunk(message=last, generation_info=generation.generation_info))
-    if message.additional_kwargs:
-        chunks[0].message.additional_kwargs = dict(message.additional_kwargs)
-    return chunks
-
-
-def _tool_chunk(call: Any, args: str | None, index: int) -> Any:
-    return tool_call_chunk(
-        name=call.get("name"),
-        args=args if args is not None else call.get("args"),
-        id=call.get("id"),
-        index=index,
-    )
-
-
-def _pieces(text: str, chunk_chars: int) -> list[str]:
-    """``text`` in pieces of whole words (with their trailing spaces), each >= ``chunk_chars``."""
-    pieces: list[str] = []
-    current = ""
-    for word in _WORDS.findall(text):
-        current += word
-        if len(current) >= chunk_chars:
-            pieces.append(current)
-            current = ""
-    if current:
-        pieces.append(current)
-    return pieces
-
-
-def stored_answer(chunks: Sequence[ChatGenerationChunk]) -> list[ChatGeneration] | None:
-    """What a completed stream stores: its chunks added up, as invoke's streaming path stores it.
-
-    None for a stream with no chunks (nothing to store).
-    """
-    if not chunks:
-        return None
-    generation = generate_from_stream(iter(chunks)).generations[0]
-    message = generation.message
-    # LangChain's invoke folds generation info into the message's metadata before storing.
-    message.response_metadata = {**(generation.generation_info or {}), **message.response_metadata}
-    return [generation]
