@@ -33,8 +33,11 @@ def served_chunks(
     long but the last); list content (content blocks) in one chunk; each
     tool call as one tool-call chunk (its arguments as JSON); then a last
     chunk with the usage, the response metadata and the generation info.
-    Every chunk carries the message's id. Raises ValueError for a
-    generation that holds no AI message.
+    Every chunk carries the message's id. One exception to "equal": an
+    invalid tool call goes out with its raw arguments, and LangChain reads
+    them back as it reads any stream's (its ``error`` is not kept; arguments
+    its lenient JSON parser can complete become a call). Raises ValueError
+    for a generation that holds no AI message.
     """
     message = getattr(generation, "message", None)
     if message is None:

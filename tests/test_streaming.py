@@ -22,12 +22,14 @@ from langchain_core.caches import InMemoryCache
 from langchain_core.globals import set_llm_cache
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGeneration
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
 from llmcache import ConfigurationError, DiskTier, RedisTier, TieredCache, cached, depends_on
 from llmcache.simulator import Simulator, SimulatorConfig
+from llmcache.stream_chunks import served_chunks, text_pieces
 from tests.conftest import ChatFactory
 
 pytest_plugins = ["tests.redis_servers"]
@@ -520,3 +522,42 @@ def test_a_bound_model_is_refused_with_a_hint(chat: ChatFactory) -> None:
     bound = chat(None).bind_tools([NutrientLookup])
     with pytest.raises(ConfigurationError, match="then bind"):
         cached(bound)  # type: ignore[type-var]
+
+
+# -- the chunks themselves (pure) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", " ", "one", "  two  words ", "a\nb\tc  d", "x" * 50])
+@pytest.mark.parametrize("size", [1, 5, 16, 1000])
+def test_text_pieces_are_whole_words_that_add_up(text: str, size: int) -> None:
+    pieces = text_pieces(text, size)
+    assert "".join(pieces) == text
+    assert all(len(piece) >= size for piece in pieces[:-1])
+    assert all(not piece[:1].isspace() or index == 0 for index, piece in enumerate(pieces))
+
+
+def test_served_chunks_add_up_to_the_message_whatever_it_holds() -> None:
+    message = AIMessage(
+        content="Bulgogi: about 500 kcal.",
+        additional_kwargs={"refusal": None},
+        response_metadata={"model_name": "gpt-4o-mini", "finish_reason": "tool_calls"},
+        tool_calls=[
+            {"name": "lookup", "args": {"dish": "불고기", "grams": 200}, "id": "c1"},
+            {"name": "lookup", "args": {}, "id": "c2"},
+        ],
+        invalid_tool_calls=[{"name": "broken", "args": "oops", "id": "c3", "error": None}],
+        usage_metadata={"input_tokens": 3, "output_tokens": 5, "total_tokens": 8},
+        id="run-1",
+    )
+    chunks = served_chunks(ChatGeneration(message=message), chunk_chars=1)
+    assert [chunk.message.id for chunk in chunks] == ["run-1"] * len(chunks)
+    assert sum(chunk.message.usage_metadata is not None for chunk in chunks) == 1  # type: ignore[attr-defined]
+    assert chunks[-1].message.chunk_position == "last"  # type: ignore[attr-defined]
+    assert_same_answer(total([chunk.message for chunk in chunks]), message)
+
+
+def test_list_content_is_served_as_is() -> None:
+    blocks: list[str | dict[str, Any]] = [{"type": "text", "text": "kimchi", "index": 0}]
+    message = AIMessage(content=blocks)
+    served = total([chunk.message for chunk in served_chunks(ChatGeneration(message=message))])
+    assert served.content == blocks
