@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.language_models.chat_models import generate_from_stream
@@ -26,7 +26,7 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 
 def served_chunks(
     generation: Generation, chunk_chars: int = DEFAULT_CHUNK_CHARS
-) -> list[ChatGenerationChunk]:
+) -> Iterator[ChatGenerationChunk]:
     """A cached generation as the chunks of a stream; added up, they equal its message.
 
     Text content in pieces of whole words (each at least ``chunk_chars``
@@ -36,39 +36,52 @@ def served_chunks(
     Every chunk carries the message's id. One exception to "equal": an
     invalid tool call goes out with its raw arguments, and LangChain reads
     them back as it reads any stream's (its ``error`` is not kept; arguments
-    its lenient JSON parser can complete become a call). Raises ValueError
-    for a generation that holds no AI message.
+    its lenient JSON parser can complete become a call).
+
+    Raises ValueError at once for a generation that holds no AI message; the
+    chunks are made as they are read, so the first comes before the rest is built.
     """
     message = getattr(generation, "message", None)
     if message is None:
         message = AIMessage(content=generation.text)
     if not isinstance(message, AIMessage):
         raise ValueError(f"not an AI message: {type(message).__name__}")
+    return _chunks(message, generation.generation_info, chunk_chars)
+
+
+def _chunks(
+    message: AIMessage, generation_info: dict[str, Any] | None, chunk_chars: int
+) -> Iterator[ChatGenerationChunk]:
     content = message.content
     empty: str | list[str | dict[str, Any]] = "" if isinstance(content, str) else []
-    parts: list[dict[str, Any]] = []
+    extra = dict(message.additional_kwargs)  # on the first chunk, whichever it is
+
+    def chunk(**fields: Any) -> ChatGenerationChunk:
+        nonlocal extra
+        made = AIMessageChunk(id=message.id, additional_kwargs=extra, **fields)
+        extra = {}
+        return ChatGenerationChunk(message=made)
+
     if isinstance(content, str):
-        parts.extend({"content": piece} for piece in text_pieces(content, chunk_chars))
+        for piece in text_pieces(content, chunk_chars):
+            yield chunk(content=piece)
     elif content:
-        parts.append({"content": list(content)})
+        yield chunk(content=list(content))
     index = 0
     for call in message.tool_calls:
         args = json.dumps(call["args"], ensure_ascii=False)
-        parts.append({"content": empty, "tool_call_chunks": [_tool_chunk(call, args, index)]})
+        yield chunk(content=empty, tool_call_chunks=[_tool_chunk(call, args, index)])
         index += 1
     for invalid in message.invalid_tool_calls:
-        parts.append({"content": empty, "tool_call_chunks": [_tool_chunk(invalid, None, index)]})
+        yield chunk(content=empty, tool_call_chunks=[_tool_chunk(invalid, None, index)])
         index += 1
-    chunks = [ChatGenerationChunk(message=AIMessageChunk(id=message.id, **part)) for part in parts]
-    last = AIMessageChunk(content=empty, id=message.id, chunk_position="last")
+    last = chunk(content=empty, chunk_position="last")
     # Assigned, not validated: a hit's usage may carry keys UsageMetadata does not
     # declare (LangChain's total_cost), which validation would drop.
-    last.usage_metadata = message.usage_metadata
-    last.response_metadata = dict(message.response_metadata)
-    chunks.append(ChatGenerationChunk(message=last, generation_info=generation.generation_info))
-    if message.additional_kwargs:
-        chunks[0].message.additional_kwargs = dict(message.additional_kwargs)
-    return chunks
+    last.message.usage_metadata = message.usage_metadata  # type: ignore[attr-defined]
+    last.message.response_metadata = dict(message.response_metadata)
+    last.generation_info = generation_info
+    yield last
 
 
 def _tool_chunk(call: Any, args: str | None, index: int) -> ToolCallChunk:

@@ -253,8 +253,8 @@ def _replayed(
     as tokens (LangChain does the same for its v2 protocol handlers only).
     A call that should stream but did not is a hit: a miss would have streamed.
     """
-    if path.streamed or not result.generations:
-        return []
+    if path.streamed or not result.generations or not run_manager.handlers:
+        return []  # streamed already, or nobody to replay to (streaming=True alone)
     try:
         asynchronous = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
         if not model._should_stream(async_api=asynchronous, run_manager=run_manager, **kwargs):
@@ -268,7 +268,7 @@ def _replayed(
         if generation.message.id is None:
             # The chunks and the message share an id, so consumers see one message.
             generation.message.id = f"lc_run--{run_manager.run_id}"
-        return served_chunks(generation, chunk_chars)
+        return list(served_chunks(generation, chunk_chars))
     except Exception as exc:  # the answer stands; only its tokens are not replayed
         logger.warning("llmcache: a cached answer could not be replayed as tokens: %s", exc)
         return []
@@ -317,7 +317,7 @@ class _Call:
         self.owner = HeldOwner(base())
         return self.owner
 
-    def served(self, value: Sequence[Generation] | None) -> list[ChatGenerationChunk] | None:
+    def served(self, value: Sequence[Generation] | None) -> Iterator[ChatGenerationChunk] | None:
         """A hit as chunks; None for a miss (or a value that cannot be served: go upstream)."""
         if not isinstance(value, list) or not value:
             return None  # LangChain's rule: anything but a non-empty list is a miss

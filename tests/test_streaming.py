@@ -549,7 +549,7 @@ def test_served_chunks_add_up_to_the_message_whatever_it_holds() -> None:
         usage_metadata={"input_tokens": 3, "output_tokens": 5, "total_tokens": 8},
         id="run-1",
     )
-    chunks = served_chunks(ChatGeneration(message=message), chunk_chars=1)
+    chunks = list(served_chunks(ChatGeneration(message=message), chunk_chars=1))
     assert [chunk.message.id for chunk in chunks] == ["run-1"] * len(chunks)
     assert sum(chunk.message.usage_metadata is not None for chunk in chunks) == 1  # type: ignore[attr-defined]
     assert chunks[-1].message.chunk_position == "last"  # type: ignore[attr-defined]
