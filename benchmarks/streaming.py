@@ -158,8 +158,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         (a - b) / (many["chunks"] - one["chunks"])
         for a, b in zip(many["round_medians_us"], one["round_medians_us"], strict=True)
     ]
+    plain, miss = results["stream upstream, plain"], results["stream upstream, cached() miss"]
+    ratios = [
+        a / b for a, b in zip(miss["round_medians_us"], plain["round_medians_us"], strict=True)
+    ]
     return {
         "results": results,
+        "miss_over_plain": round(statistics.median(ratios), 3),
+        "miss_over_plain_rounds": [round(value, 3) for value in ratios],
         "per_chunk_us": round(statistics.median(per_chunk), 2),
         "per_chunk_us_rounds": [round(value, 2) for value in per_chunk],
         "upstream_requests": requests,
@@ -196,6 +202,11 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"**Per served chunk: {report['per_chunk_us']:.1f} µs** (median over rounds of "
         f"(t(chunk_chars=1) - t(one chunk)) / (chunks difference); rounds: {per_round}).",
+        "",
+        f"**A miss through `cached()`: {report['miss_over_plain']:.3f}x** the plain model's "
+        "upstream stream (median of per-round ratios; rounds: "
+        + ", ".join(f"{value:.3f}" for value in report["miss_over_plain_rounds"])
+        + "): the lookup, the chunks kept, their sum and one store.",
         "",
     ]
     return "\n".join(lines)
