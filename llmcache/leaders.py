@@ -19,6 +19,11 @@ the whole batch). The lead is over when that call is:
   from anywhere once the earlier frame is gone. So code that only looks never
   holds more than one lead per thread or task.
 
+A stream's lead is held instead (:class:`HeldOwner`, taken with
+:func:`leading_as` around its lookup): a generator is off the stack between
+chunks, so its lead ends only when the stream says so (stored, failed,
+closed), and it is not filed here.
+
 The registry is per process, so two caches see each other's leads: a caller
 never waits on a lease its own thread or task holds, whichever cache took it.
 It imports nothing of the project.
@@ -183,6 +188,22 @@ class HeldOwner(Owner):
         self.ended = False
         self._lock = threading.Lock()
         self._releases: list[Callable[[], None]] = []
+
+    @classmethod
+    def here(cls, *, in_task: bool) -> HeldOwner:
+        """A held lead for a call made from this thread (or, ``in_task``, this task).
+
+        Its base holds no frame: nothing here ends by a frame, and a frame
+        kept would keep its locals alive as long as the stream.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        task = asyncio.current_task() if in_task and loop is not None else None
+        if task is not None:
+            return cls(TaskOwner(task, None, False))
+        return cls(Owner() if in_task else ThreadOwner(threading.get_ident(), None, False, loop))
 
     def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
         return not self.ended

@@ -47,7 +47,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
 
 from llmcache.errors import ConfigurationError
-from llmcache.leaders import HeldOwner, leading_as, task_owner, thread_owner
+from llmcache.leaders import HeldOwner, leading_as
 from llmcache.stream_chunks import DEFAULT_CHUNK_CHARS, served_chunks, stored_answer
 
 __all__ = ["cached"]
@@ -312,9 +312,9 @@ class _Call:
         self.chunks: list[ChatGenerationChunk] = []
         self.owner: HeldOwner | None = None
 
-    def lead(self, base: Callable[[], Any]) -> HeldOwner:
+    def lead(self, *, in_task: bool) -> HeldOwner:
         """The owner this call's lookup leads as: the stream, not the frame that looked."""
-        self.owner = HeldOwner(base())
+        self.owner = HeldOwner.here(in_task=in_task)
         return self.owner
 
     def served(self, value: Sequence[Generation] | None) -> Iterator[ChatGenerationChunk] | None:
@@ -350,7 +350,7 @@ def _stream_through(
     """The sync shell: serve the hit, or stream upstream and store the completed answer."""
     try:
         try:
-            with leading_as(call.lead(thread_owner)):
+            with leading_as(call.lead(in_task=False)):
                 value = call.cache.lookup(call.prompt, call.llm_string)
         except Exception as exc:  # a cache that raises is a miss
             logger.warning("llmcache: a stream's lookup failed: %s", exc)
@@ -383,7 +383,7 @@ async def _astream_through(
     """The async twin of :func:`_stream_through`."""
     try:
         try:
-            with leading_as(call.lead(task_owner)):
+            with leading_as(call.lead(in_task=True)):
                 value = await call.cache.alookup(call.prompt, call.llm_string)
         except Exception as exc:
             logger.warning("llmcache: a stream's lookup failed: %s", exc)

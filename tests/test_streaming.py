@@ -28,9 +28,11 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
 from llmcache import ConfigurationError, DiskTier, RedisTier, TieredCache, cached, depends_on
+from llmcache.coalesce import RETRY, Coalescer
+from llmcache.leaders import HeldOwner, Owner
 from llmcache.simulator import Simulator, SimulatorConfig
 from llmcache.stream_chunks import served_chunks, text_pieces
-from tests.conftest import ChatFactory
+from tests.conftest import ChatFactory, FakeClock
 
 pytest_plugins = ["tests.redis_servers"]
 pytest.register_assert_rewrite("tests.redis_servers")
@@ -561,3 +563,41 @@ def test_list_content_is_served_as_is() -> None:
     message = AIMessage(content=blocks)
     served = total([chunk.message for chunk in served_chunks(ChatGeneration(message=message))])
     assert served.content == blocks
+
+
+# -- the held lead (llmcache.leaders.HeldOwner), on a coalescer alone ---------------------------
+
+
+def _lead(coalescer: Coalescer, owner: Owner) -> Any:
+    _, joined = coalescer.join("k", {}, 0, owner)
+    assert isinstance(joined, tuple)
+    return joined
+
+
+def test_a_held_lead_outlives_its_frame_and_ends_when_told(clock: FakeClock) -> None:
+    coalescer = Coalescer(lease=5.0, clock=clock)
+    leader = HeldOwner.here(in_task=False)
+    flight, leading = _lead(coalescer, leader)
+    assert leading
+    follower: list[Any] = []
+    thread = threading.Thread(target=lambda: follower.append(_lead(coalescer, Owner())))
+    thread.start()
+    thread.join()
+    assert follower == [(flight, False)]  # another thread follows it
+    clock.advance(60)  # no frame, no lease expiry: only its end ends it
+    coalescer.check(flight)
+    assert coalescer.in_flight() == 1
+    leader.end()
+    assert coalescer.in_flight() == 0 and flight.outcome.value is RETRY
+
+
+def test_the_same_thread_asking_again_takes_a_held_lead_over() -> None:
+    coalescer = Coalescer()
+    first, second = HeldOwner.here(in_task=False), HeldOwner.here(in_task=False)
+    flight, _ = _lead(coalescer, first)
+    assert _lead(coalescer, second) == (flight, True)  # never waits on its own thread
+    first.end()  # the earlier stream ends: the lead is no longer its to end
+    assert coalescer.in_flight() == 1
+    coalescer.resolve("k", None)
+    second.end()  # ended already: nothing to do
+    assert coalescer.in_flight() == 0
