@@ -165,6 +165,18 @@ def test_the_plain_model_and_the_wrapped_one_share_entries(
     assert cache.stats().hits == 1
 
 
+def test_stop_words_and_call_arguments_are_part_of_the_key(
+    sim: Simulator, chat: ChatFactory
+) -> None:
+    model = streamer(chat, TieredCache(l2=None))
+    model.invoke(PROMPT, stop=["kcal"])
+    list(model.stream(PROMPT, stop=["kcal"]))  # the same call: a hit
+    assert sim.requests == 1
+    list(model.stream(PROMPT))  # no stop words: another question
+    list(model.stream(PROMPT, max_tokens=5))
+    assert sim.requests == 3
+
+
 def test_hits_are_counted_and_dependencies_apply(sim: Simulator, chat: ChatFactory) -> None:
     cache = TieredCache(l2=None)
     model = streamer(chat, cache)
