@@ -165,6 +165,23 @@ def test_the_plain_model_and_the_wrapped_one_share_entries(
     assert cache.stats().hits == 1
 
 
+def test_a_semantic_hit_streams_marked_as_invoke_marks_it(
+    sim: Simulator, chat: ChatFactory, tmp_path: Path
+) -> None:
+    from llmcache import SemanticTier
+
+    cache = TieredCache(l2=DiskTier(tmp_path), semantic=SemanticTier(mark=True))
+    model = streamer(chat, cache)
+    first = total(list(model.stream("How do I reset my password?")))
+    served = total(list(model.stream("What's the way to reset my password?")))
+    assert sim.requests == 1
+    assert served.content == first.content
+    mark = served.response_metadata["llmcache_semantic"]
+    assert mark["matched"] == "How do I reset my password?"
+    # Exactly what invoke returns for the paraphrase (the mark's similarity included).
+    assert_same_answer(served, model.invoke("What's the way to reset my password?"))
+
+
 def test_stop_words_and_call_arguments_are_part_of_the_key(
     sim: Simulator, chat: ChatFactory
 ) -> None:
