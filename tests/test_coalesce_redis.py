@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import RedisTier, TieredCache
-from llmcache.backends.redis_lease import RedisLeases
+from llmcache.coalesce.redis_leases import RedisLeases
 from llmcache.simulator import Simulator, SimulatorConfig
 
 pytest_plugins = ["tests.redis_servers"]

@@ -27,7 +27,7 @@ import redis
 
 from llmcache import RedisTier, TieredCache
 from llmcache.coalesce import Coalescer
-from llmcache.leaders import LEADS
+from llmcache.coalesce.leaders import LEADS
 from tests._lead_worker import ANSWER, LLM, MODES, Leader
 
 pytest_plugins = ["tests.redis_servers"]

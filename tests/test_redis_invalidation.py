@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import RedisTier, TieredCache, depends_on
-from llmcache.backends.redis_versions import RedisVersions
+from llmcache.invalidation.redis import RedisVersions
 
 pytest_plugins = ["tests.redis_servers"]
 pytest.register_assert_rewrite("tests.redis_servers")

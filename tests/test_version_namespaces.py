@@ -22,7 +22,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import ConfigurationError, DiskTier, RedisTier, TieredCache, depends_on
-from llmcache.backends.redis_versions import RedisVersions
+from llmcache.invalidation.redis import RedisVersions
 from llmcache.keys import validate_namespace
 
 pytest_plugins = ["tests.redis_servers"]

@@ -28,7 +28,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import DiskTier, RedisTier, TieredCache, depends_on
-from llmcache.backends.redis_versions import RedisVersions
+from llmcache.invalidation.redis import RedisVersions
 
 pytest_plugins = ["tests.redis_servers"]
 pytest.register_assert_rewrite("tests.redis_servers")
@@ -68,7 +68,7 @@ FRESH = textwrap.dedent(
     """
     import json, sys
     from llmcache import DiskTier, RedisTier, TieredCache
-    from llmcache.backends.redis_versions import RedisVersions
+    from llmcache.invalidation.redis import RedisVersions
 
     directory, url, prefix = sys.argv[1:4]
     prompts = json.loads(sys.argv[4])
