@@ -28,7 +28,6 @@ from llmcache.coalesce.redis_leases import RedisLeases
 from llmcache.simulator import Simulator, SimulatorConfig
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisClusterServers, purge_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

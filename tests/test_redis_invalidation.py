@@ -18,7 +18,6 @@ from llmcache import RedisTier, TieredCache, depends_on
 from llmcache.invalidation.redis import RedisVersions
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisServer, purge_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.redis]

@@ -26,7 +26,6 @@ from llmcache.invalidation.redis import RedisVersions
 from llmcache.keys import validate_namespace
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisClusterServers, purge_prefix  # noqa: E402
 
 # Reserved words of the key layout, and names that are prefixes of one another.

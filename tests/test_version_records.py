@@ -31,7 +31,6 @@ from llmcache import DiskTier, RedisTier, TieredCache, depends_on
 from llmcache.invalidation.redis import RedisVersions
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisServer, command_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
