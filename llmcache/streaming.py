@@ -46,8 +46,8 @@ from langchain_core.load import dumps
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
 
+from llmcache.coalesce.leaders import HeldOwner, leading_as
 from llmcache.errors import ConfigurationError
-from llmcache.leaders import HeldOwner, leading_as
 from llmcache.stream_chunks import DEFAULT_CHUNK_CHARS, served_chunks, stored_answer
 
 __all__ = ["cached"]

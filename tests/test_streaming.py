@@ -28,14 +28,13 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
 from llmcache import ConfigurationError, DiskTier, RedisTier, TieredCache, cached, depends_on
-from llmcache.coalesce import RETRY, Coalescer
-from llmcache.leaders import HeldOwner, Owner
+from llmcache.coalesce.coalescer import RETRY, Coalescer
+from llmcache.coalesce.leaders import HeldOwner, Owner
 from llmcache.simulator import Simulator, SimulatorConfig
 from llmcache.stream_chunks import served_chunks, text_pieces
 from tests.conftest import ChatFactory, FakeClock
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import EXTERNAL_URL_ENV, purge_prefix  # noqa: E402
 
 PROMPT = "nutrients of bibimbap"
@@ -594,7 +593,7 @@ def test_list_content_is_served_as_is() -> None:
     assert served.content == blocks
 
 
-# -- the held lead (llmcache.leaders.HeldOwner), on a coalescer alone ---------------------------
+# -- the held lead (llmcache.coalesce.leaders.HeldOwner), on a coalescer alone ------------------
 
 
 def _lead(coalescer: Coalescer, owner: Owner) -> Any:
