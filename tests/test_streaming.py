@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -496,6 +498,51 @@ def test_a_stream_leader_holds_a_redis_lease_for_other_caches(
         one.close()
         two.close()
         purge_prefix(url, key_prefix)
+
+
+# A process that streams PROMPT through cached() on the Redis L2, saying when it looks.
+CHILD = """
+import sys
+from langchain_openai import ChatOpenAI
+from llmcache import RedisTier, TieredCache, cached
+
+url, prefix, base_url, prompt = sys.argv[1:]
+cache = TieredCache(l2=RedisTier(url, prefix=prefix), coalesce_wait=60)
+model = cached(ChatOpenAI(model="gpt-4o-mini", temperature=0, max_retries=0, timeout=60,
+                          base_url=base_url, api_key="sim", stream_usage=True), cache)
+print("looking", flush=True)
+print("".join(str(chunk.content) for chunk in model.stream(prompt)), flush=True)
+cache.close()
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_stream_in_another_process_follows_the_leader_by_the_lease(
+    sim: Simulator, chat: ChatFactory, redis_url: str, key_prefix: str
+) -> None:
+    sim.set_latency(5, per_token_ms=10)
+    cache = TieredCache(l2=RedisTier(redis_url, prefix=key_prefix), coalesce_wait=60)
+    root = Path(__file__).resolve().parent.parent
+    try:
+        stream = streamer(chat, cache).stream(PROMPT)
+        chunks = [next(stream)]  # the lead and its lease are taken
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, redis_url, key_prefix, sim.base_url, PROMPT],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "looking"
+        time.sleep(0.5)  # the child misses and waits on the lease while this stream is suspended
+        chunks += list(stream)
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        assert sim.requests == 1
+        assert out.strip() == total(chunks).content
+    finally:
+        cache.close()
+        purge_prefix(redis_url, key_prefix)
 
 
 # -- which cache, and bad input ---------------------------------------------------------------
