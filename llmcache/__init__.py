@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from llmcache.langchain_adapter import TieredCache, default_directory
     from llmcache.langgraph_cache import NodeCache
     from llmcache.semantic import SemanticTier
+    from llmcache.streaming import cached
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,7 @@ __all__ = [
     "TieredByteStore",
     "TieredCache",
     "VersionStore",
+    "cached",
     "current_dependencies",
     "default_directory",
     "depends_on",
@@ -71,6 +73,7 @@ _LAZY = {
     "SemanticTier": "llmcache.semantic",
     "TieredByteStore": "llmcache.byte_store",
     "TieredCache": "llmcache.langchain_adapter",
+    "cached": "llmcache.streaming",  # needs LangChain, like TieredCache
     "default_directory": "llmcache.langchain_adapter",
 }
 

@@ -2,7 +2,8 @@
 
 * ``coalescer.py``: the registry of in-flight calls in one process (who leads
   a key, who follows, what they are handed).
-* ``leaders.py``: when a lead is over (its thread's or task's frame gone).
+* ``leaders.py``: when a lead is over (its thread's or task's frame gone; a
+  stream's lead is held until the stream ends).
 * ``redis_leases.py``: the reach across processes, leases on a Redis server;
   the engine attaches it, the coalescer sees it only as ``RemoteLeases``.
 

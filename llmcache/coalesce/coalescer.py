@@ -51,6 +51,7 @@ from typing import Any, Final, Protocol
 
 from llmcache.coalesce.leaders import (
     LEADS,
+    HeldOwner,
     Lead,
     Owner,
     TaskOwner,
@@ -163,6 +164,8 @@ def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: A
 
 def _blocks_its_leader(follower: Owner, leader: Owner) -> bool:
     """A blocking wait in the thread of the leader's own event loop would freeze the leader."""
+    follower = follower.base if isinstance(follower, HeldOwner) else follower
+    leader = leader.base if isinstance(leader, HeldOwner) else leader
     return (
         isinstance(follower, ThreadOwner)
         and follower.loop is not None
@@ -411,31 +414,37 @@ class Coalescer:
     def _join(
         self, key: str, snapshot: Mapping[str, int], mark: int, owner: Owner
     ) -> tuple[Flight, bool] | Hit | None:
+        made = False  # whether this join made a new flight
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and flight.owner.same(owner):
                 # It asks again, so its earlier attempt ended without an update: lead on.
-                if flight.owner is not owner:
-                    flight.owner = owner
-                    self._file(flight)
-                return flight, True
-            if flight is not None and self._gone(flight):
-                self._release_locked(flight, RETRY)
-                flight = None
-            if flight is not None:
-                if flight.snapshot != snapshot or _blocks_its_leader(owner, flight.owner):
-                    return None
-                flight.followers += 1
-                return flight, False
-            held = self._recent.get(key)
-            if held is not None and held[0] > mark and held[1] == snapshot:
-                self.counters.add("coalesced")
-                return Hit(held[2], COALESCED, parsed=False)
-            flight = self._flights[key] = Flight(key, snapshot, owner, self.clock())
-            self._file(flight)
-            if len(self._flights) > self._sweep_at:
-                self._sweep_locked()
-        if isinstance(owner, TaskOwner):
+                if flight.owner is owner:
+                    return flight, True
+                flight.owner = owner
+                self._file(flight)
+            else:
+                if flight is not None and self._gone(flight):
+                    self._release_locked(flight, RETRY)
+                    flight = None
+                if flight is not None:
+                    if flight.snapshot != snapshot or _blocks_its_leader(owner, flight.owner):
+                        return None
+                    flight.followers += 1
+                    return flight, False
+                held = self._recent.get(key)
+                if held is not None and held[0] > mark and held[1] == snapshot:
+                    self.counters.add("coalesced")
+                    return Hit(held[2], COALESCED, parsed=False)
+                flight = self._flights[key] = Flight(key, snapshot, owner, self.clock())
+                made = True
+                self._file(flight)
+                if len(self._flights) > self._sweep_at:
+                    self._sweep_locked()
+        # Outside the lock: a held owner that has ended releases the flight at once.
+        if isinstance(owner, HeldOwner):
+            owner.led(partial(self._release_led, flight, owner))
+        elif made and isinstance(owner, TaskOwner):
             owner.task.add_done_callback(partial(self.release, flight, RETRY))
         return flight, True
 
@@ -460,6 +469,12 @@ class Coalescer:
         """End the flight without a value (a no-op if it ended already); also a done callback."""
         with self._lock:
             self._release_locked(flight, signal)
+
+    def _release_led(self, flight: Flight, owner: Owner) -> None:
+        """A held lead's call ended: release its flight if it still leads it (not taken over)."""
+        with self._lock:
+            if flight.owner is owner:
+                self._release_locked(flight, RETRY)
 
     def abandon(self, flight: Flight) -> tuple[RemoteLeases, str, str] | None:
         """End the flight, its leader asking for something else; its lease for the caller to end."""

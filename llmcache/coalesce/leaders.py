@@ -19,6 +19,11 @@ the whole batch). The lead is over when that call is:
   from anywhere once the earlier frame is gone. So code that only looks never
   holds more than one lead per thread or task.
 
+A stream's lead is held instead (:class:`HeldOwner`, taken with
+:func:`leading_as` around its lookup): a generator is off the stack between
+chunks, so its lead ends only when the stream says so (stored, failed,
+closed), and it is not filed here.
+
 The registry is per process, so two caches see each other's leads: a caller
 never waits on a lease its own thread or task holds, whichever cache took it.
 It imports nothing of the project.
@@ -31,18 +36,22 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import CoroutineType, FrameType, GeneratorType
 from typing import Any
 
 __all__ = [
     "LEADS",
+    "HeldOwner",
     "Lead",
     "Leads",
     "Owner",
     "TaskOwner",
     "ThreadOwner",
+    "leading_as",
     "task_owner",
     "thread_owner",
 ]
@@ -81,6 +90,9 @@ class Owner:
 
     def same(self, other: Owner) -> bool:
         return False
+
+    def led(self, release: Callable[[], None]) -> None:
+        """A flight this owner now leads, and how to end it (only a HeldOwner keeps it)."""
 
 
 class TaskOwner(Owner):
@@ -121,6 +133,7 @@ class TaskOwner(Owner):
         return True
 
     def same(self, other: Owner) -> bool:
+        other = other.base if isinstance(other, HeldOwner) else other
         return isinstance(other, TaskOwner) and other.task is self.task
 
 
@@ -151,7 +164,88 @@ class ThreadOwner(Owner):
         return False
 
     def same(self, other: Owner) -> bool:
+        other = other.base if isinstance(other, HeldOwner) else other
         return isinstance(other, ThreadOwner) and other.ident == self.ident
+
+
+class HeldOwner(Owner):
+    """A lead held by a call that outlives the frame that looked up: a stream.
+
+    A generator is off its thread's stack (and out of its task's await chain)
+    whenever it has yielded a chunk, so a frame's lead would end at the first
+    chunk and followers would call the model again. This lead ends only when
+    its call says so (:meth:`end`: it stored its answer, failed, or was closed);
+    it is not filed with the process's leads, so no other lookup ends it.
+    ``base`` is the thread's or task's own owner: the same thread or task
+    asking again is the same caller (it never waits on itself).
+    """
+
+    polled = True  # followers re-check every ``poll`` seconds whether it ended
+    expires = False
+
+    def __init__(self, base: Owner) -> None:
+        self.base = base
+        self.ended = False
+        self._lock = threading.Lock()
+        self._releases: list[Callable[[], None]] = []
+
+    @classmethod
+    def here(cls, *, in_task: bool) -> HeldOwner:
+        """A held lead for a call made from this thread (or, ``in_task``, this task).
+
+        Its base holds no frame: nothing here ends by a frame, and a frame
+        kept would keep its locals alive as long as the stream.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        task = asyncio.current_task() if in_task and loop is not None else None
+        if task is not None:
+            return cls(TaskOwner(task, None, False))
+        return cls(Owner() if in_task else ThreadOwner(threading.get_ident(), None, False, loop))
+
+    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
+        return not self.ended
+
+    def same(self, other: Owner) -> bool:
+        return self.base.same(other.base if isinstance(other, HeldOwner) else other)
+
+    def led(self, release: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.ended:
+                self._releases.append(release)
+                return
+        release()  # it ended while the flight was being made
+
+    def end(self) -> None:
+        """The call is over: the flights it still leads end now (their followers race to lead).
+
+        A flight it stored an answer for ended already; ending it again does nothing.
+        """
+        with self._lock:
+            self.ended = True
+            releases, self._releases = self._releases, []
+        for release in releases:
+            release()
+
+
+#: The owner lookups in a ``leading_as`` block lead as (None: their thread's or task's).
+_HELD: ContextVar[HeldOwner | None] = ContextVar("llmcache_held_owner", default=None)
+
+
+@contextmanager
+def leading_as(owner: HeldOwner) -> Iterator[None]:
+    """Lookups made in this block that lead a key lead it as ``owner`` (a stream's lookup).
+
+    Hold no yield to a consumer inside the block: a context variable set in a
+    generator is seen by whoever iterates it until it is reset.
+    """
+    token = _HELD.set(owner)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
 
 
 def _caller(top: FrameType | None = None) -> tuple[FrameType | None, bool]:
@@ -183,7 +277,10 @@ def _delegates_a_lookup(frame: FrameType) -> bool:
     return frame.f_code.co_name in _LOOKUP_NAMES and "self" in frame.f_locals
 
 
-def thread_owner() -> ThreadOwner:
+def thread_owner() -> Owner:
+    held = _HELD.get()
+    if held is not None:
+        return held
     frame, batch = _caller()
     try:
         loop: Any = asyncio.get_running_loop()
@@ -193,6 +290,9 @@ def thread_owner() -> ThreadOwner:
 
 
 def task_owner() -> Owner:
+    held = _HELD.get()
+    if held is not None:
+        return held
     task = asyncio.current_task()
     if task is None:
         return Owner()
