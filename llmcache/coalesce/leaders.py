@@ -8,7 +8,9 @@ the whole batch). The lead is over when that call is:
 * its update (the coalescer resolves the flight; not seen here);
 * its frame left the stack: it raised, or returned without an update. A
   watcher thread checks every ``poll`` seconds (20 ms) while any thread has a
-  lead: the frame still on that thread's stack (``sys._current_frames``), or
+  lead: the frame still running, read from that frame alone (a running frame
+  refuses ``clear()``; no other thread's stack is walked, which on CPython
+  3.11 can crash the process: ``sys._current_frames`` + ``f_back``), or
   for a task whose coroutine looked up from an inner coroutine, that coroutine
   still in the task's await chain (checked in the task's own loop, where the
   task is suspended and the chain exact);
@@ -32,6 +34,7 @@ It imports nothing of the project.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import threading
@@ -85,7 +88,7 @@ class Owner:
         """The thread or task, as the process registry files its leads (None: not filed)."""
         return None
 
-    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
+    def alive(self) -> bool:
         return True
 
     def same(self, other: Owner) -> bool:
@@ -111,7 +114,7 @@ class TaskOwner(Owner):
     def identity(self) -> Hashable:
         return self.task
 
-    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
+    def alive(self) -> bool:
         # A loop closed under a pending task never runs its done callbacks.
         return not self.task.done() and not self.task.get_loop().is_closed()
 
@@ -150,18 +153,8 @@ class ThreadOwner(Owner):
     def identity(self) -> Hashable:
         return ("thread", self.ident)
 
-    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
-        stack: Any = (sys._current_frames() if frames is None else frames).get(self.ident)
-        while stack is not None:
-            if stack is self.frame:
-                return True
-            if not isinstance(stack, FrameType):
-                # Another thread's stack moved on while this one walked it (the GIL
-                # switched mid-walk) and ``f_back`` read a reused frame: unknown, so
-                # alive for now; the next round looks again.
-                return True
-            stack = stack.f_back
-        return False
+    def alive(self) -> bool:
+        return self.frame is not None and _running(self.frame)
 
     def same(self, other: Owner) -> bool:
         other = other.base if isinstance(other, HeldOwner) else other
@@ -205,7 +198,7 @@ class HeldOwner(Owner):
             return cls(TaskOwner(task, None, False))
         return cls(Owner() if in_task else ThreadOwner(threading.get_ident(), None, False, loop))
 
-    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
+    def alive(self) -> bool:
         return not self.ended
 
     def same(self, other: Owner) -> bool:
@@ -408,15 +401,13 @@ class Leads:
                 if not leads:
                     self._watcher = None
                     return
-            frames = sys._current_frames()
             loops: dict[asyncio.AbstractEventLoop, list[Lead]] = {}
             for lead in leads:
                 owner = lead.owner
                 if isinstance(owner, TaskOwner):
                     loops.setdefault(owner.task.get_loop(), []).append(lead)
-                elif not owner.alive(frames) if isinstance(owner, ThreadOwner) else lead.gone():
+                elif not owner.alive() if isinstance(owner, ThreadOwner) else lead.gone():
                     lead.release()
-            del frames  # frames hold their locals: let them go before sleeping
             for loop, task_leads in loops.items():
                 self._check_in(loop, task_leads)
             time.sleep(self.poll)
@@ -455,6 +446,32 @@ def _top(task: asyncio.Task[Any]) -> FrameType | None:
 def _leaf(awaited: object) -> bool:
     """A future, or the iterator C futures hand to ``await``: nothing runs inside it."""
     return isinstance(awaited, asyncio.Future) or type(awaited).__name__ == "FutureIter"
+
+
+# Code whose frame belongs to a generator or coroutine object: clear() would close it.
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _running(frame: FrameType) -> bool:
+    """Whether ``frame`` is still running (on some thread's stack), from the frame alone.
+
+    Walking another thread's stack (``sys._current_frames()`` then ``f_back``)
+    reads frames that thread may be pushing or popping at that moment: on
+    CPython 3.11 that has crashed processes (gh-111363; profilers that sample
+    stacks this way, sentry-python and dd-trace-py, hit the same segfaults),
+    and crashed this test suite once. ``clear()`` reads only the frame's own
+    state: a running frame refuses it (RuntimeError), and a returned one is
+    cleared, which drops the locals it still held (its code and line stay for
+    tracebacks). A generator's or coroutine's frame is never cleared (that
+    would close it): unknown, so running; its followers' wait bound still holds.
+    """
+    if frame.f_code.co_flags & _SUSPENDABLE:
+        return True
+    try:
+        frame.clear()
+    except RuntimeError:
+        return True
+    return False
 
 
 def _watched(owner: Owner) -> bool:
