@@ -63,6 +63,16 @@ class CircuitBreaker:
             return "open"
         return "half-open"
 
+    @property
+    def failing(self) -> bool:
+        """Did the last call reported fail (or is the breaker not closed)?
+
+        A lookup's lease follows its read at once: when that read has just
+        failed, the lease would wait out a timeout of its own on the same server.
+        """
+        with self._lock:
+            return self._failures > 0 or self._opened_at is not None
+
     def allow(self) -> bool:
         """May a call go out now? In half-open, True for the single probe only."""
         with self._lock:
