@@ -126,6 +126,19 @@ def test_breaker_is_thread_safe(clock: FakeClock) -> None:
     assert sorted(probes) == [False] * 7 + [True]
 
 
+def test_breaker_says_when_the_last_call_failed(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=5, clock=clock)
+    assert not breaker.failing
+    breaker.failure()
+    assert breaker.failing and breaker.state == "closed"  # still asked, but suspect
+    breaker.success()
+    assert not breaker.failing
+    for _ in range(3):
+        breaker.failure()
+    clock.advance(5)
+    assert breaker.failing  # half-open: not known good until a probe succeeds
+
+
 @pytest.mark.parametrize("kwargs", [{"failure_threshold": 0}, {"cooldown": 0}])
 def test_breaker_rejects_bad_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
@@ -198,6 +211,42 @@ def test_sigstop_each_call_is_bounded_then_the_breaker_answers_at_once(
     clock.advance(10)
     assert tier.get("ns:k") == b"v"  # the probe reconnects, and closes the breaker
     assert tier.breakers["server"].state == "closed"
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_sigstop_under_threads_each_call_is_bounded(
+    make_tier: Callable[..., RedisTier], private_server: RedisServer, clock: FakeClock
+) -> None:
+    # Threads share round trips (redis_threads): those queued behind one that times
+    # out fail with it, so no caller waits out a second timeout in a row.
+    tier = make_tier(clock=clock, failure_threshold=3, cooldown=10)
+    tier.set("ns:k", b"v")
+    private_server.pause()
+    barrier = threading.Barrier(12)
+    timings: list[tuple[float, Any]] = []
+
+    def calls() -> None:
+        barrier.wait()
+        for _ in range(5):
+            timings.append(_timed(lambda: tier.get("ns:k")))
+
+    threads = [threading.Thread(target=calls) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(timings) == 60
+    assert all(isinstance(result, TierError) for _, result in timings)  # fail-open's part
+    assert max(elapsed for elapsed, _ in timings) < BOUND, sorted(timings)[-3:]
+    assert tier.breakers["server"].state == "open"
+    start = time.perf_counter()
+    with pytest.raises(TierError, match="circuit breaker open"):
+        tier.get("ns:k")
+    assert time.perf_counter() - start < SOCKET_TIMEOUT / 2  # refused without waiting
+    private_server.resume()
+    clock.advance(10)
+    assert tier.get("ns:k") == b"v"
 
 
 @pytest.mark.redis
