@@ -9,6 +9,8 @@ threads get their own answers, share connections, and LangChain's ``batch``
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -180,6 +182,25 @@ def test_an_interrupted_leader_does_not_strand_its_companions() -> None:
     _join([first, *threads])
     assert len(interrupted) == 1  # the leader's own interrupt reaches the leader
     assert all(isinstance(result, TierError) for result in results.values())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_process_starts_with_an_idle_batcher() -> None:
+    round_trip = HeldRoundTrip()
+    batcher = ThreadBatcher(round_trip)
+    first, _ = _call_in_threads(batcher, ["first"])
+    _until(lambda: len(round_trip.batches) == 1)  # a round trip in flight at the fork
+    pid = os.fork()
+    if pid == 0:  # the child: its lone call must go at once, not queue behind a ghost
+        round_trip.release.set()  # (the child's copy: the parent's stays held)
+        signal.alarm(int(WAIT))  # a child stuck behind the ghost dies of SIGALRM
+        code = 0 if batcher.submit("get", "child") == b"value:child" else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    round_trip.release.set()
+    _join(first)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # -- on real servers ---------------------------------------------------------------------

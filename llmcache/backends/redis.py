@@ -60,6 +60,7 @@ from llmcache.backends.redis_round_trips import (
     Command,
     Op,
     Result,
+    alone,
     drive,
     node_pipeline,
     single_server,
@@ -348,19 +349,30 @@ class RedisTier:
         return batcher.submit(op, rkey, value, px)
 
     def _round_trip(self, node: str, batch: Sequence[Command]) -> list[Result]:
-        """One guarded blocking round trip to ``node`` for a batch of threads' operations."""
-        what = batch[0].op if len(batch) == 1 else f"round trip of {len(batch)}"
+        """One guarded blocking round trip to ``node`` for a batch of threads' operations.
+
+        ``_guard`` spelled out: this runs on every sync call, and a generator-based
+        context manager costs about 2 µs of a 20 µs lookup.
+        """
+        breaker = self._breaker(node)
+        breaker.check()
         try:
-            with self._guard(node, what):
-                client = self._client()
-                steps = node_pipeline if self.cluster else single_server
-                return drive(steps(client, batch))
-        except TierError as exc:
-            if exc.__cause__ is not None and _answered(exc.__cause__):
+            client = self._client()
+            if len(batch) == 1:  # the commonest: a lone call (what the steps would pick)
+                results = drive(alone(client, batch[0]))
+            else:
+                results = drive((node_pipeline if self.cluster else single_server)(client, batch))
+        except Exception as exc:
+            what = batch[0].op if len(batch) == 1 else f"round trip of {len(batch)}"
+            error = self._failed(breaker, what, exc)
+            error.__cause__ = exc
+            if _answered(exc):
                 # The server is up and refused this batch: its callers fail, but the
                 # threads queued behind it are sent as usual (redis_threads).
-                return [exc] * len(batch)
-            raise
+                return [error] * len(batch)
+            raise error from exc
+        breaker.success()
+        return results
 
     def clear(self, namespace: str) -> None:
         """UNLINK this namespace's keys, found by SCAN (on every master); never FLUSHDB."""

@@ -37,6 +37,7 @@ __all__ = [
     "Result",
     "Steps",
     "adrive",
+    "alone",
     "by_node",
     "drive",
     "node_pipeline",
@@ -62,7 +63,7 @@ class Command(Protocol):
 def single_server(client: Any, batch: Sequence[Command]) -> Steps:
     """One round trip to one server: the bare command when alone, MGET when all gets."""
     if len(batch) == 1:
-        return (yield from _alone(client, batch[0]))
+        return (yield from alone(client, batch[0]))
     if all(command.op == "get" for command in batch):
         return list((yield client.mget([command.key for command in batch])))
     pipe = client.pipeline(transaction=False)
@@ -73,7 +74,7 @@ def single_server(client: Any, batch: Sequence[Command]) -> Steps:
 def node_pipeline(client: Any, batch: Sequence[Command]) -> Steps:
     """One round trip to one cluster master: a cluster pipeline of per-key commands."""
     if len(batch) == 1:
-        return (yield from _alone(client, batch[0]))
+        return (yield from alone(client, batch[0]))
     pipe = client.pipeline()
     _queue_commands(pipe, batch)
     return _results(batch, (yield pipe.execute(raise_on_error=False)))
@@ -120,7 +121,7 @@ def own_error(exc: BaseException) -> TierError:
     return error
 
 
-def _alone(client: Any, command: Command) -> Steps:
+def alone(client: Any, command: Command) -> Steps:
     """An operation alone in its round trip: its own command, cheaper than any batch form."""
     try:
         if command.op == "get":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,7 @@ class ThreadBatcher:
         self._lock = threading.Lock()
         self._queue: list[Waiter] = []
         self._busy = False  # a round trip is in flight
-        self._pid = os.getpid()
+        _track(self)
         #: Round trips sent, and operations they carried: for tests and benchmarks.
         self.round_trips = 0
         self.operations = 0
@@ -81,8 +82,6 @@ class ThreadBatcher:
         """
         waiter = Waiter(op, key, value, px)
         with self._lock:
-            if self._pid != os.getpid():
-                self._forked()
             if self._busy:
                 waiter.wake = threading.Lock()
                 waiter.wake.acquire()
@@ -139,6 +138,25 @@ class ThreadBatcher:
         return []
 
     def _forked(self) -> None:
-        # In a child process the threads that were queued or sending do not exist.
-        self._pid = os.getpid()
+        # In a child process the threads that were queued or sending do not exist,
+        # and one of them may have held the lock when the fork happened.
+        self._lock = threading.Lock()
         self._queue, self._busy = [], False
+
+
+# A child process starts with every batcher idle (an os.getpid() per call would
+# cost the lone caller): the hook is set on the first batcher, not at import.
+_BATCHERS: weakref.WeakSet[ThreadBatcher] = weakref.WeakSet()
+_HOOKED: list[bool] = []
+
+
+def _track(batcher: ThreadBatcher) -> None:
+    if not _HOOKED:
+        _HOOKED.append(True)
+        os.register_at_fork(after_in_child=_after_fork)
+    _BATCHERS.add(batcher)
+
+
+def _after_fork() -> None:
+    for batcher in list(_BATCHERS):
+        batcher._forked()
