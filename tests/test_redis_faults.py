@@ -353,6 +353,34 @@ async def test_sigkill_in_the_middle_of_200_concurrent_ainvokes(
 
 @pytest.mark.redis
 @pytest.mark.slow
+def test_sigkill_under_langchain_batch_in_threads(
+    make_tier: Callable[..., RedisTier], private_server: RedisServer
+) -> None:
+    tier = make_tier()
+    cache = TieredCache(l1=None, l2=tier, namespace="kill")
+    prompts = [f"threaded question {index} {uuid.uuid4().hex[:6]}" for index in range(60)]
+    with Simulator(SimulatorConfig(latency_ms=30, keep_alive=False)) as sim:
+        llm = ChatOpenAI(
+            model="gpt-4o-mini", base_url=sim.base_url, api_key="sim", max_retries=0, cache=cache
+        )
+        warm = [message.content for message in llm.batch(prompts[::2])]  # half cached
+        requests = sim.requests
+        private_server.kill()
+        start = time.perf_counter()
+        answers = llm.batch(prompts, {"max_concurrency": 16})
+        elapsed = time.perf_counter() - start
+        assert sim.requests == requests + len(prompts)  # every lookup failed open
+    for prompt, answer in zip(prompts, answers, strict=True):
+        assert prompt in str(answer.content)  # its own answer (the simulator quotes it)
+    assert [answer.content for answer in answers[::2]] == warm
+    # A refused connection fails at once; then the breaker refuses without asking.
+    assert elapsed < BOUND + 2.0, elapsed  # 60 model calls at 30 ms, 16 at a time: ~0.2 s
+    assert tier.breakers["server"].state == "open"
+    assert cache.stats().tiers["redis"].errors >= 3
+
+
+@pytest.mark.redis
+@pytest.mark.slow
 async def test_hits_resume_soon_after_a_restart(
     make_tier: Callable[..., RedisTier], private_server: RedisServer, sim: Simulator, http: Any
 ) -> None:
