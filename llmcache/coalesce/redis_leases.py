@@ -224,9 +224,9 @@ class RedisLeases:
     # -- the lease: sync and async ------------------------------------------------------
     #
     # Lease traffic reads the tier's circuit breakers (a server known to be down is
-    # not asked) but never moves them: the tier's own read that precedes every
-    # lease keeps them accurate, and a failure of lease traffic alone must not shut
-    # the cache's reads and writes out.
+    # not asked, nor for a lease one whose last round trip failed) but never moves
+    # them: the tier's own read that precedes every lease keeps them accurate, and a
+    # failure of lease traffic alone must not shut the cache's reads and writes out.
 
     def acquire(self, key: str, token: str) -> bool:
         self._start()
@@ -247,19 +247,24 @@ class RedisLeases:
         await self._aexecute(rkey, "lease release", "eval", _FINISH, 1, rkey, token,
                              self.channel, key)  # fmt: skip
 
-    def _refuse_if_down(self, rkey: str) -> None:
-        if self._tier._breaker(self._tier._node(rkey)).state == "open":
-            raise TierError(f"{self._tier.name}: circuit breaker open, no lease asked")
+    def _refuse_if_down(self, rkey: str, what: str) -> None:
+        breaker = self._tier._breaker(self._tier._node(rkey))
+        if breaker.state == "open":
+            raise TierError(f"{self._tier.name}: circuit breaker open, no {what} asked")
+        if what == "lease" and breaker.failing:
+            # The lookup's read there just failed: a lease after it would wait out a
+            # timeout of its own, serially (issue 14). A release is still tried.
+            raise TierError(f"{self._tier.name}: last read failed, no lease asked")
 
     def _execute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
-        self._refuse_if_down(rkey)
+        self._refuse_if_down(rkey, what)
         try:
             return getattr(self._tier._client(), command)(*args, **kwargs)
         except Exception as exc:
             raise TierError(f"{self._tier.name}: {what} failed ({exc!r})") from exc
 
     async def _aexecute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
-        self._refuse_if_down(rkey)
+        self._refuse_if_down(rkey, what)
         try:
             loop_client = await self._async_clients.get()
             client, lock = loop_client.client, loop_client.lock
