@@ -25,6 +25,7 @@ from llmcache.face import UNSIGNED_SHARED_WARNING, EngineFace
 from llmcache.generations import compile_template, dump_generations
 from llmcache.invalidation import DependencyRules, VersionStore
 from llmcache.keys import KeyMemo
+from llmcache.memoize import Memoizing
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record
 from llmcache.stats import CacheStats
 from llmcache.tiers import Flow, Hit, Layers, Tier
@@ -39,7 +40,7 @@ logger = logging.getLogger("llmcache")
 _warned_unsigned_shared = False
 
 
-class TieredCache(EngineFace, BaseCache):
+class TieredCache(EngineFace, Memoizing, BaseCache):
     """An LLM cache in tiers: L1 in memory, L2 on disk or Redis.
 
     ``TieredCache()`` is an L1 MemoryTier over a DiskTier in
@@ -54,6 +55,8 @@ class TieredCache(EngineFace, BaseCache):
     With a disk or Redis L2, the counters of ``stats()`` are also added to the
     store every ``stats_interval`` seconds, at ``close()`` and at exit, so that
     ``llmcache stats`` shows every process's (``llmcache.fleet``; None: never).
+    ``memoize`` caches plain functions' JSON results in the same tiers
+    (``llmcache.memoize``), apart from the LLM entries.
     Nothing is opened, created or connected until the first call.
     """
 
