@@ -124,7 +124,12 @@ class Cache(EngineFace, Memoizing):
         await self._engine.arun(self._set_flow(key, value, ttl, depends_on))
 
     def delete(self, key: str) -> None:
-        """Remove ``key`` from every tier (nothing if it is not there)."""
+        """Remove ``key`` from every tier of this cache (nothing if it is not there).
+
+        Other processes' memory tiers keep a copy they read before, until its
+        ttl: for a removal every process sees at once, write the value with
+        ``depends_on`` and ``invalidate`` the name.
+        """
         self._engine.run(self._engine.delete_flow(self._key(key)))
 
     async def adelete(self, key: str) -> None:
