@@ -62,6 +62,7 @@ class _Miss:
 MISS: Final = _Miss()
 
 _FACE = "memoize"
+_VAR_POSITIONAL = inspect.Parameter.VAR_POSITIONAL
 
 
 # -- values in the engine: shared with llmcache.plain ---------------------------------
@@ -183,6 +184,9 @@ class Memo:
         else:
             self.static = dependency_names(depends_on)
         self.signature: inspect.Signature | None = None
+        self._plain: list[str] | None = None
+        self._positions: frozenset[str] = frozenset()
+        self._defaults: dict[str, Any] = {}
         if key is None:
             try:
                 self.signature = inspect.signature(function)
@@ -190,11 +194,20 @@ class Memo:
                 raise ConfigurationError(
                     f"memoize cannot read the signature of {self.name} ({exc}); pass key="
                 ) from exc
-            for parameter in self.signature.parameters.values():
+            parameters = list(self.signature.parameters.values())
+            for parameter in parameters:
                 if parameter.default is not inspect.Parameter.empty:
-                    json_copy(
-                        parameter.default, f"the default of {parameter.name!r} of {self.name}"
-                    )
+                    what = f"the default of {parameter.name!r} of {self.name}"
+                    json_copy(parameter.default, what)
+            if all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters):
+                # The common signature: bound without inspect (see _bound).
+                self._plain = [p.name for p in parameters]
+                self._positions = frozenset(self._plain)
+                self._defaults = {
+                    p.name: p.default
+                    for p in parameters
+                    if p.default is not inspect.Parameter.empty
+                }
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """The key and dependencies of one call (ConfigurationError: arguments not JSON)."""
@@ -218,15 +231,43 @@ class Memo:
                     f"the key= function of {self.name} returned {type(made).__name__}, not str"
                 )
             return made
+        arguments = [
+            [name, json_copy(value, f"argument {name!r} of {self.name}")]
+            for name, value in self._bound(args, kwargs)
+        ]
+        return canonical_json(arguments)
+
+    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(name, value) of every parameter in order, defaults applied, ``*args`` as a list.
+
+        What ``signature.bind`` and ``apply_defaults`` give, without them for
+        the common signature (no ``*``, ``/`` or ``**``), where they cost more
+        than the rest of a hit: a call they would refuse takes the slow path,
+        which raises the TypeError.
+        """
+        names = self._plain
+        if names is not None and len(args) <= len(names):
+            values = dict(zip(names, args))
+            if len(values) + len(kwargs) <= len(names):
+                for name, value in kwargs.items():
+                    if name in values or name not in self._positions:
+                        break
+                    values[name] = value
+                else:
+                    defaults = self._defaults
+                    if all(name in values or name in defaults for name in names):
+                        return [
+                            (name, values[name] if name in values else defaults[name])
+                            for name in names
+                        ]
         assert self.signature is not None
         bound = self.signature.bind(*args, **kwargs)  # a TypeError, as the call itself would
         bound.apply_defaults()
-        arguments = []
-        for name, value in bound.arguments.items():
-            kind = self.signature.parameters[name].kind
-            held = list(value) if kind is inspect.Parameter.VAR_POSITIONAL else value
-            arguments.append([name, json_copy(held, f"argument {name!r} of {self.name}")])
-        return canonical_json(arguments)
+        parameters = self.signature.parameters
+        return [
+            (name, list(value) if parameters[name].kind is _VAR_POSITIONAL else value)
+            for name, value in bound.arguments.items()
+        ]
 
     def store_flow(self, call: Call, result: Any) -> Flow[int]:
         return store_flow(

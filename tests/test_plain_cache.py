@@ -468,3 +468,42 @@ def test_tiered_cache_memoizes_beside_its_llm_entries(tmp_path: Path) -> None:
         == "TieredCache(namespace='default', memory=MemoryTier, disk=DiskTier, ttl=None)"
     )
     cache.close()
+
+
+def test_the_quick_binding_agrees_with_inspect(tmp_path: Path) -> None:
+    """Plain signatures are bound without inspect on every call: the same keys, same errors."""
+    from llmcache.memoize import Memo
+
+    def plain(a: int, b: int = 2, c: Any = None) -> int:
+        return a
+
+    cache = Cache(l2=DiskTier(tmp_path))
+    memo = Memo(cache.engine, plain, ttl=None, depends_on=(), key=None, version="")
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1,), {}),
+        ((1, 2), {}),
+        ((), {"a": 1}),
+        ((1,), {"b": 2, "c": None}),
+        ((1,), {"c": [1, {"x": 2}]}),
+        ((), {"c": "z", "a": 3}),
+    ]
+    bad: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1, 2, 3, 4), {}),
+        ((), {}),
+        ((1,), {"a": 1}),
+        ((1,), {"d": 1}),
+        ((), {"b": 1}),
+    ]
+    quick = [memo._arguments(args, kwargs) for args, kwargs in calls]
+    assert memo._plain is not None
+    memo._plain = None  # inspect's way from here on
+    assert [memo._arguments(args, kwargs) for args, kwargs in calls] == quick
+    assert quick[0] == quick[1] == quick[2] == quick[3] and len(set(quick)) == 3
+    for args, kwargs in bad:
+        with pytest.raises(TypeError):
+            memo._arguments(args, kwargs)
+    memo = Memo(cache.engine, plain, ttl=None, depends_on=(), key=None, version="")
+    for args, kwargs in bad:
+        with pytest.raises(TypeError):
+            memo._arguments(args, kwargs)
+    cache.close()
