@@ -15,9 +15,10 @@ makes every result that depended on ``name`` stale, in every process.
 Identical concurrent calls (threads or asyncio tasks; with a Redis L2, other
 processes too) run the function once: the first call leads, the others wait
 for its result (the engine's coalescing, bounded by the cache's
-``coalesce_wait``). A call that raises is not cached and its exception
-propagates unchanged; the calls that waited for it then run the function
-themselves (one leads again).
+``coalesce_wait``; a ``TieredCache`` whose ``coalesce_wait`` is a function
+calls it with the function's qualified name and its arguments' JSON). A
+call that raises is not cached and its exception propagates unchanged; the
+calls that waited for it then run the function themselves (one leads again).
 
 Errors: what can be known when decorating (not a function, a generator
 function, a lambda, a bad ttl, bad dependency names, defaults that are not
