@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from llmcache import Cache, DiskTier, MemoryTier, MemoryVersions, RedisTier, depends_on
 from llmcache.errors import ConfigurationError
@@ -422,6 +423,52 @@ def test_another_process_shares_results_and_invalidates_them_on_disk(tmp_path: P
     assert runs == ["q", "q"]  # this process's memory copy was stale too
     assert _worker(tmp_path, "call")["runs"] == 0
     cache.close()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_identical_calls_in_three_processes_run_once_through_redis(
+    request: pytest.FixtureRequest, key_prefix: str
+) -> None:
+    url = _one_redis_url(request)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, "stampede", url, key_prefix, "4"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(3)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        for child in children:  # all at once: every process is in flight together
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=120) for child in children]
+        coalesced = 0
+        for child, (out, err) in zip(children, outputs):
+            assert child.returncode == 0, err
+            reported = json.loads(out)
+            assert reported["results"] == ["SAME"] * 4
+            coalesced += reported["coalesced"]
+        client = redis.Redis.from_url(url)
+        assert int(client.get(f"{key_prefix}runs") or 0) == 1  # 12 calls, one run
+        client.close()
+        # All waited for the leader (none came late and simply read the stored value):
+        # 3 tasks in its process, and in each other process its leader (on the
+        # Redis lease) and that leader's 3 tasks.
+        assert coalesced == 11
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+        purge_prefix(url, key_prefix)
 
 
 def test_the_plain_face_does_not_import_langchain(tmp_path: Path) -> None:
