@@ -27,7 +27,7 @@ N = 8
 _BOUND = 20.0  # seconds: only a broken coalescer comes near it
 
 
-@pytest.fixture(params=["memory", "disk", "redis"])
+@pytest.fixture(params=["memory", "disk", pytest.param("redis", marks=pytest.mark.redis)])
 def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cache]:
     url = prefix = ""
     if request.param == "memory":

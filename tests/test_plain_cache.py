@@ -32,7 +32,7 @@ def _one_redis_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("valkey_server").url())
 
 
-@pytest.fixture(params=["memory", "disk", "redis"])
+@pytest.fixture(params=["memory", "disk", pytest.param("redis", marks=pytest.mark.redis)])
 def make_cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Cache]]:
     """Caches on one store: each new one is another process's view of the same entries."""
     made: list[Cache] = []
