@@ -78,10 +78,8 @@ def lookup(
     for an identical call in flight, and otherwise leads the key.
     """
     record = engine.peek(key)
-    if record is not None:
-        value = _value(engine, record, owned=False)
-        if value is not MISS:
-            return value, None
+    if record is not None:  # a record that holds no value is a counted miss, as in TieredCache
+        return _value(engine, record, owned=False), None
     return MISS, _lookup_flow(engine, key, dependencies, wait)
 
 

@@ -554,3 +554,19 @@ def test_the_quick_binding_agrees_with_inspect(tmp_path: Path) -> None:
         with pytest.raises(TypeError):
             memo._arguments(args, kwargs)
     cache.close()
+
+
+@pytest.mark.parametrize("l1", [True, False], ids=["memory", "disk-only"])
+def test_a_stored_payload_that_holds_no_value_is_a_counted_miss(tmp_path: Path, l1: bool) -> None:
+    """Written under a Cache key by something else (another face, an older format)."""
+    from llmcache.keys import part_key
+
+    cache = Cache(l2=DiskTier(tmp_path)) if l1 else Cache(l1=None, l2=DiskTier(tmp_path))
+    engine = cache.engine
+    engine.run(engine.store_flow(part_key(cache.namespace, "plain", "k"), ["no"], frozenset()))
+    assert cache.get("k", "default") == "default"
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.errors) == (0, 1, 1)
+    cache.set("k", "fixed")  # and the next write repairs it
+    assert cache.get("k") == "fixed"
+    cache.close()
