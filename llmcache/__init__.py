@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.disk import DiskTier
 from llmcache.backends.memory import MemoryTier
-from llmcache.disk_versions import DiskVersions
 from llmcache.errors import (
     ConfigurationError,
     IntegrityError,
@@ -25,6 +24,7 @@ from llmcache.invalidation import (
     current_dependencies,
     depends_on,
 )
+from llmcache.invalidation.disk import DiskVersions
 from llmcache.stats import CacheStats, TierStats
 from llmcache.tiers import Tier
 

@@ -23,8 +23,8 @@ from langchain_openai import ChatOpenAI
 from pydantic import Field
 
 from llmcache import MemoryTier, TieredCache, depends_on
-from llmcache.coalesce import RETRY, Coalescer
-from llmcache.leaders import Owner
+from llmcache.coalesce.coalescer import RETRY, Coalescer
+from llmcache.coalesce.leaders import Owner
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import ChatFactory, FakeClock
 

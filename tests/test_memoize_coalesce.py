@@ -20,7 +20,6 @@ import pytest
 from llmcache import Cache, DiskTier, MemoryTier, RedisTier
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import purge_prefix  # noqa: E402
 
 N = 8

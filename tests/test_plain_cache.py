@@ -19,7 +19,6 @@ from tests import _memo_worker
 from tests.conftest import FakeClock
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import purge_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

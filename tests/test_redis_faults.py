@@ -25,7 +25,6 @@ from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import FakeClock
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisServer  # noqa: E402
 
 SOCKET_TIMEOUT = 0.25

@@ -7,8 +7,8 @@ are (signed by the engine when ``LLMCACHE_SECRET`` is set), under
 The key layout under ``prefix`` (``llmcache:`` by default)::
 
     <namespace>:<digest>           an entry
-    ~v:<namespace>:<name>          a dependency's version (redis_versions)
-    ~lease:<namespace>:<digest>    a miss being computed (redis_lease)
+    ~v:<namespace>:<name>          a dependency's version (invalidation/redis.py)
+    ~lease:<namespace>:<digest>    a miss being computed (coalesce/redis_leases.py)
     ~chan:versions, ~chan:coalesce the pub/sub channels
 
 Internal names start with ``~``, a character ``validate_namespace`` refuses,

@@ -51,7 +51,7 @@ __all__ = [
 _INTERNAL = frozenset(
     {
         __name__,
-        "llmcache.coalesce",
+        "llmcache.coalesce.coalescer",
         "llmcache.tiers",
         "llmcache.engine",
         "llmcache.langchain_adapter",

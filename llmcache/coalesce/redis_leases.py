@@ -1,6 +1,7 @@
 """Cross-process leases for in-flight coalescing, on a RedisTier's server.
 
-In-process coalescing is ``llmcache.coalesce``; this is its reach across processes.
+In-process coalescing is ``coalesce/coalescer.py``; this is its reach across
+processes, attached by the engine when the widest tier is a Redis server.
 
 * A process's leader of a key (its first local miss) takes
   ``SET <prefix>~lease:<key> <token> NX PX <lease>`` before calling the model.
@@ -11,7 +12,7 @@ In-process coalescing is ``llmcache.coalesce``; this is its reach across process
 * When the leader has written its value - or failed - it deletes the lease if
   it still holds it and publishes the key on ``<prefix>~chan:coalesce``, in one
   script. A failure noticed outside a flow (a done callback, a frame the
-  watcher of ``llmcache.leaders`` found gone within 20 ms) is handed to the
+  watcher of ``coalesce/leaders.py`` found gone within 20 ms) is handed to the
   keeper thread, which lets go at once (its queue wakes it), never in an event
   loop. A lead ended by its own thread's or task's next lookup is let go in
   that lookup's flow, before it asks for a lease of its own.
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
 from llmcache.backends.redis_subscriber import subscribe_until
-from llmcache.coalesce import COALESCED, NOTIFIED, Flight, Outcome, Wait
+from llmcache.coalesce.coalescer import COALESCED, NOTIFIED, Flight, Outcome, Wait
 from llmcache.errors import TierError
 from llmcache.serialization import Record
 from llmcache.stats import Counters
@@ -49,7 +50,7 @@ from llmcache.tiers import Flow, Get, Hit, Layers
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
-    from llmcache.coalesce import Coalescer
+    from llmcache.coalesce.coalescer import Coalescer
 
 __all__ = ["RedisLeases"]
 
