@@ -33,12 +33,14 @@ if TYPE_CHECKING:
     from llmcache.byte_store import TieredByteStore
     from llmcache.langchain_adapter import TieredCache, default_directory
     from llmcache.langgraph_cache import NodeCache
+    from llmcache.plain import Cache
     from llmcache.semantic import SemanticTier
     from llmcache.streaming import cached
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cache",
     "CacheStats",
     "ConfigurationError",
     "DiskTier",
@@ -65,9 +67,11 @@ __all__ = [
 
 
 # Imported on first use: RedisTier needs the optional redis package, SemanticTier
-# the optional numpy (the semantic extra), and the
-# LangChain face is not needed by plain-Python users of the engine.
+# the optional numpy (the semantic extra), the LangChain faces are not needed
+# by plain-Python users, and Cache pulls in the engine, which a user of one tier
+# does not need.
 _LAZY = {
+    "Cache": "llmcache.plain",
     "NodeCache": "llmcache.langgraph_cache",  # needs the langgraph extra
     "RedisTier": "llmcache.backends.redis",
     "SemanticTier": "llmcache.semantic",
