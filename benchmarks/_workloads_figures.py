@@ -186,7 +186,9 @@ def markdown(report: dict[str, Any]) -> str:
         " the same store; its wall time excludes interpreter start), **after invalidation**"
         " (a few inputs edited; TieredCache is told `invalidate(...)` of what changed, the"
         " others have no such call). Upstream calls are the simulator's request count;"
-        " *wrong* counts answers served that differ from a fresh answer to the same prompt.",
+        " *wrong* counts answers served that are not right for the call: right is a fresh"
+        " answer to the same prompt or, in the paraphrase workload, to another wording of"
+        " the same question under the same policy (a trap is right only with its own).",
         "",
         "## Summary",
         "",
