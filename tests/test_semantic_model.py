@@ -34,6 +34,31 @@ def test_matches_the_published_embedding() -> None:
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
 
 
+def test_embeddings_match_the_stored_reference_vectors() -> None:
+    # Vectors of the plain forward pass (numpy temporaries, erf over whole arrays) as it
+    # was before the in-place, blocked GELU and the worker threads: a faster forward
+    # pass must give the same embeddings, singly and in a batch split over threads.
+    stored = np.load(Path(__file__).parent / "data" / "minilm_reference.npz")
+    texts, reference = stored["texts"].tolist(), stored["vectors"]
+    assert len(default_model().token_ids(texts[-3:-2])[0]) == 256  # one text is truncated
+    batched = default_model().embed(texts * 8)  # enough tokens to split over the workers
+    for copy in range(8):
+        assert np.abs(batched[copy * len(texts) : (copy + 1) * len(texts)] - reference).max() < 1e-5
+    for text, vector in zip(texts, reference):
+        assert np.abs(default_model().embed([text])[0] - vector).max() < 1e-5
+
+
+def test_a_batch_split_over_worker_threads_equals_one_thread() -> None:
+    model = MiniLM(model_directory(), verify=False, workers=1)
+    split = MiniLM(model_directory(), verify=False, workers=2)
+    texts = [
+        f"Question {i} about topic {i % 7} and what it means for plan {i % 3}" for i in range(40)
+    ]
+    texts += ["short", "a much longer sentence with many more tokens than most of the others here"]
+    assert np.abs(split.embed(texts) - model.embed(texts)).max() < 1e-6
+    assert split._executor is not None  # the split really happened
+
+
 def test_batches_equal_single_texts_and_padding_changes_nothing() -> None:
     texts = ["short", "a much longer sentence with many more tokens than the first one", "mid one"]
     together = default_model().embed(texts)
