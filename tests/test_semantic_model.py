@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import shutil
 import threading
 from pathlib import Path
@@ -105,3 +107,26 @@ def test_loaded_once_per_process_under_threads(monkeypatch: pytest.MonkeyPatch) 
         thread.join()
     assert len(loads) == 1
     assert all(model is found[0] for model in found)
+
+
+def _embed_in_child(texts: list[str], queue: multiprocessing.queues.Queue[object]) -> None:
+    queue.put(default_model().embed(texts))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a threaded process
+def test_a_forked_child_splits_a_batch_over_its_own_workers() -> None:
+    # The parent's helper threads do not exist in a forked child: a pool inherited
+    # as is would take the work and never run it.
+    texts = [
+        f"Question {i} about topic {i % 7} and what it means for plan {i % 3}" for i in range(40)
+    ]
+    expected = default_model().embed(texts)
+    assert default_model()._executor is not None
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_embed_in_child, args=(texts, queue))
+    child.start()
+    found = queue.get(timeout=120)
+    child.join(30)
+    assert child.exitcode == 0
+    assert np.abs(np.asarray(found) - expected).max() < 1e-6
