@@ -308,18 +308,19 @@ class MiniLM:
         for layer in self._layers:
             qkv = x @ layer.qkv  # (B*T, 3*384)
             qkv += layer.qkv_bias
-            # Contiguous heads: numpy's stacked matmul uses BLAS only on contiguous operands.
-            qkv = np.ascontiguousarray(
-                qkv.reshape(size, length, 3, _HEADS, head).transpose(2, 0, 3, 1, 4)
-            )
-            q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, d)
-            scores = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2))
+            heads = qkv.reshape(size, length, 3, _HEADS, head)
+            q, k, v = heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]  # (B, T, H, d) views
+            # einsum's optimised path finds the batched products without the copies
+            # to contiguous (B, H, T, d) heads (measured: 5.3 instead of 7.6 ms a layer
+            # for 64 short texts).
+            scores = np.einsum("bthd,bshd->bhts", q, k, optimize=True)
             scores *= scale
             scores += bias
             scores -= scores.max(axis=-1, keepdims=True)
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
-            context = (scores @ v).transpose(0, 2, 1, 3).reshape(size * length, self.dimensions)
+            context = np.einsum("bhts,bshd->bthd", scores, v, optimize=True)
+            context = context.reshape(size * length, self.dimensions)
             attended = context @ layer.out
             attended += layer.out_bias
             attended += x
