@@ -120,6 +120,34 @@ def test_processes_share_the_embedded_index(tmp_path: Path) -> None:
     reader.close()
 
 
+@pytest.mark.parametrize(
+    "store", ["sqlite-file", *(pytest.param(s, marks=pytest.mark.redis) for s in SEARCH_SERVERS)]
+)
+def test_a_new_index_object_finds_what_another_added(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # As a new process does: it has written nothing yet, so it must learn the
+    # vector size from the store (FT.INFO on Redis, whose shape redis-py 8 changed).
+    def open_index() -> VectorIndex:
+        if store == "sqlite-file":
+            return SQLiteIndex(tmp_path / "semantic.sqlite3")
+        from llmcache.semantic.redis_index import RedisIndex
+
+        return RedisIndex(search_url(request, store), prefix=prefix)
+
+    prefix = f"llmcache-test-{uuid.uuid4().hex[:8]}"
+    writer = open_index()
+    writer.add([entry("s1", "q1", 1), entry("s1", "q2", 2)])
+    reader = open_index()
+    try:
+        found = reader.search("ns", "s1", unit(2), 1, -1.0)
+        assert [m.text for m in found] == ["q2"]
+    finally:
+        writer.clear("ns")
+        writer.close()
+        reader.close()
+
+
 def test_growing_scope_searches_like_a_brute_force(index: VectorIndex) -> None:
     # Rows arrive one at a time between searches: the scope's copy grows past its
     # capacity several times and must always rank exactly like a full scan.
