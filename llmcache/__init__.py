@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.disk import DiskTier
 from llmcache.backends.memory import MemoryTier
-from llmcache.disk_versions import DiskVersions
 from llmcache.errors import (
     ConfigurationError,
     IntegrityError,
@@ -25,6 +24,7 @@ from llmcache.invalidation import (
     current_dependencies,
     depends_on,
 )
+from llmcache.invalidation.disk import DiskVersions
 from llmcache.stats import CacheStats, TierStats
 from llmcache.tiers import Tier
 
@@ -33,11 +33,14 @@ if TYPE_CHECKING:
     from llmcache.byte_store import TieredByteStore
     from llmcache.langchain_adapter import TieredCache, default_directory
     from llmcache.langgraph_cache import NodeCache
+    from llmcache.plain import Cache
     from llmcache.semantic import SemanticTier
+    from llmcache.streaming import cached
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cache",
     "CacheStats",
     "ConfigurationError",
     "DiskTier",
@@ -56,6 +59,7 @@ __all__ = [
     "TieredByteStore",
     "TieredCache",
     "VersionStore",
+    "cached",
     "current_dependencies",
     "default_directory",
     "depends_on",
@@ -63,14 +67,17 @@ __all__ = [
 
 
 # Imported on first use: RedisTier needs the optional redis package, SemanticTier
-# the optional numpy (the semantic extra), and the
-# LangChain face is not needed by plain-Python users of the engine.
+# the optional numpy (the semantic extra), the LangChain faces are not needed
+# by plain-Python users, and Cache pulls in the engine, which a user of one tier
+# does not need.
 _LAZY = {
+    "Cache": "llmcache.plain",
     "NodeCache": "llmcache.langgraph_cache",  # needs the langgraph extra
     "RedisTier": "llmcache.backends.redis",
     "SemanticTier": "llmcache.semantic",
     "TieredByteStore": "llmcache.byte_store",
     "TieredCache": "llmcache.langchain_adapter",
+    "cached": "llmcache.streaming",  # needs LangChain, like TieredCache
     "default_directory": "llmcache.langchain_adapter",
 }
 

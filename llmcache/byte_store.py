@@ -25,12 +25,11 @@ from typing import Any
 from langchain_core.stores import BaseStore
 
 from llmcache.config import DEFAULT, Default
-from llmcache.engine import Engine
 from llmcache.errors import ConfigurationError, SerializationError
+from llmcache.face import EngineFace
 from llmcache.invalidation import VersionStore
 from llmcache.keys import part_key
 from llmcache.serialization import Record, decode
-from llmcache.stats import CacheStats
 from llmcache.tiers import Flow, Hit, Tier
 
 __all__ = ["TieredByteStore"]
@@ -38,7 +37,7 @@ __all__ = ["TieredByteStore"]
 _FACE = "byte_store"
 
 
-class TieredByteStore(BaseStore[str, bytes]):
+class TieredByteStore(EngineFace, BaseStore[str, bytes]):
     """A ``BaseStore[str, bytes]`` in tiers: L1 in memory, L2 on disk or Redis.
 
     The constructor takes what ``TieredCache`` takes (``l1``, ``l2`` as a
@@ -61,7 +60,7 @@ class TieredByteStore(BaseStore[str, bytes]):
     ) -> None:
         # No coalescing: a store has no "call in flight" to wait for; the
         # embeddings a miss leads to are computed by the caller, batched.
-        self._engine = Engine(
+        super().__init__(
             l1=l1,
             l2=l2,
             namespace=namespace,
@@ -71,15 +70,6 @@ class TieredByteStore(BaseStore[str, bytes]):
             clock=clock,
             coalesce=False,
         )
-        self.namespace = self._engine.namespace
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
-    @property
-    def tiers(self) -> Sequence[Tier]:
-        return self._engine.tiers
 
     # -- BaseStore ------------------------------------------------------------------
 
@@ -153,22 +143,7 @@ class TieredByteStore(BaseStore[str, bytes]):
         """Remove this store's namespace from every tier, and nothing else."""
         self._engine.run(self._engine.clear_flow())
 
-    def invalidate(self, *names: str) -> None:
-        """Every value written under ``depends_on`` one of ``names`` is stale from now on."""
-        self._engine.invalidate(names)
-
-    def stats(self) -> CacheStats:
-        return self._engine.stats()
-
-    def close(self) -> None:
-        self._engine.close()
-
-    async def aclose(self) -> None:
-        await self._engine.aclose()
-
-    def __repr__(self) -> str:
-        tiers = ", ".join(f"{tier.name}={type(tier).__name__}" for tier in self.tiers)
-        return f"TieredByteStore(namespace={self.namespace!r}, {tiers})"
+    # invalidate, stats, close and the rest: EngineFace's.
 
     # -- shared by the sync and async paths -----------------------------------------
 

@@ -11,7 +11,8 @@ localhost database 0. The rules:
   ``/`` or the platform's separator, or starts with ``~`` or ``.``);
 * anything else is a tier instance, ``None`` (switched off) or left out.
 
-Pure functions but for the tiers they build; nothing connects or touches disk.
+Pure functions: nothing connects or touches disk. Turning ``l1=``/``l2=``
+into tier instances is ``backends/resolve.py``'s job, on these checks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Final
 from urllib.parse import SplitResult, urlsplit
 
 from llmcache.errors import ConfigurationError
-from llmcache.tiers import Tier
 
 __all__ = [
     "DEFAULT",
@@ -33,14 +33,17 @@ __all__ = [
     "check_redis_url",
     "check_ttl",
     "default_directory",
-    "is_redis_tier",
-    "resolve_l1",
-    "resolve_l2",
+    "looks_like_url",
 ]
 
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 # Two characters at least, so a Windows drive ("C:\\cache") is a path, not a scheme.
 _URL_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):")
+
+
+def looks_like_url(text: str) -> bool:
+    """True when ``text`` starts like a URL (a scheme, then ``:``), so it must be a valid one."""
+    return _URL_LIKE.match(text) is not None
 
 
 class Default:
@@ -120,71 +123,3 @@ def _check_host(url: str, what: str, parts: SplitResult, port: int | None) -> No
             f"{what}={url!r}: the path is the database number (redis://host:6379/0),"
             f" not {database!r}"
         )
-
-
-def resolve_l1(l1: object) -> Tier | None:
-    """The L1 tier for ``TieredCache(l1=...)``: a MemoryTier when left out."""
-    if isinstance(l1, Default):
-        from llmcache.backends.memory import MemoryTier
-
-        return MemoryTier()
-    if l1 is None:
-        return None
-    return _tier_instance(l1, "l1", "MemoryTier()")
-
-
-def resolve_l2(l2: object) -> Tier | None:
-    """The L2 for ``TieredCache(l2=...)``: a DiskTier in the default directory when left out."""
-    from llmcache.backends.disk import DiskTier
-
-    if isinstance(l2, Default):
-        return DiskTier(default_directory())
-    if l2 is None:
-        return None
-    if isinstance(l2, os.PathLike):
-        return DiskTier(l2)
-    if isinstance(l2, str):
-        if _URL_LIKE.match(l2):
-            check_redis_url(l2, "l2")
-            try:
-                from llmcache.backends.redis import RedisTier
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise ConfigurationError(
-                    "a Redis L2 needs the redis extra: pip install 'llmcache[redis]'"
-                ) from exc
-            return RedisTier(l2)
-        if _plainly_a_path(l2):
-            return DiskTier(l2)
-        raise ConfigurationError(
-            f"l2={l2!r} is neither a Redis URL nor a directory path: for a directory named"
-            f" {l2!r} pass Path({l2!r}) or './{l2}'; for Redis, 'redis://host:6379/0'"
-        )
-    return _tier_instance(l2, "l2", "DiskTier(path) or RedisTier(url)")
-
-
-def is_redis_tier(tier: object) -> bool:
-    """True for a RedisTier, without importing redis (an optional extra)."""
-    return type(tier).__name__ == "RedisTier" and type(tier).__module__.startswith("llmcache.")
-
-
-def _plainly_a_path(text: str) -> bool:
-    return (
-        "/" in text
-        or os.sep in text
-        or (os.altsep is not None and os.altsep in text)
-        or text.startswith(("~", "."))
-    )
-
-
-def _tier_instance(value: object, what: str, example: str) -> Tier:
-    if isinstance(value, type):
-        raise ConfigurationError(
-            f"{what} takes a tier instance, not the class {value.__name__}: pass {example}"
-        )
-    if not isinstance(value, Tier):
-        raise ConfigurationError(
-            f"{what} must be a tier ({example}), "
-            + ("a Redis URL or a directory path, " if what == "l2" else "")
-            + f"or None; got {type(value).__name__} {value!r}"
-        )
-    return value

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from llmcache.backends.disk import DiskTier
-from llmcache.coalesce import Coalescer, WaitBound, remote_leases
-from llmcache.config import DEFAULT, Default, check_ttl, is_redis_tier, resolve_l1, resolve_l2
-from llmcache.disk_versions import DiskVersions
+from llmcache.backends.resolve import is_redis_tier, resolve_l1, resolve_l2
+from llmcache.coalesce import Coalescer, RemoteLeases, WaitBound
+from llmcache.config import DEFAULT, Default, check_ttl
 from llmcache.errors import ConfigurationError, SerializationError, TierError
 from llmcache.fleet import DiskFleetStore, FleetRecorder, FleetStore, RedisFleetStore
 from llmcache.invalidation import (
@@ -31,6 +31,7 @@ from llmcache.invalidation import (
     current_dependencies,
     validate_dependency,
 )
+from llmcache.invalidation.disk import DiskVersions
 from llmcache.keys import validate_namespace
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Encoded, Record, Signer
 from llmcache.stats import CacheStats, Counters
@@ -377,12 +378,22 @@ def default_versions(tiers: Sequence[Tier]) -> VersionStore:
     """Versions shared as widely as the widest tier: Redis, else the disk's host, else memory."""
     for tier in reversed(tiers):
         if is_redis_tier(tier):  # no import: redis is an optional extra
-            from llmcache.backends.redis_versions import RedisVersions
+            from llmcache.invalidation.redis import RedisVersions
 
             return RedisVersions(tier)  # type: ignore[arg-type]
         if isinstance(tier, DiskTier):
             return DiskVersions(tier.path)
     return MemoryVersions()
+
+
+def remote_leases(tiers: Sequence[Tier], lease: float) -> RemoteLeases | None:
+    """Coalescing across processes: leases on the widest tier's server, if it is Redis."""
+    for tier in reversed(tiers):
+        if is_redis_tier(tier):  # no import: redis is an optional extra
+            from llmcache.coalesce.redis_leases import RedisLeases
+
+            return RedisLeases(tier, lease=lease)  # type: ignore[arg-type]
+    return None
 
 
 def _error_sources(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -19,12 +19,14 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from llmcache.backends.disk import DiskTier
 from llmcache.coalesce import Coalescer, WaitBound
 from llmcache.config import DEFAULT, Default, default_directory
-from llmcache.engine import Engine, dependency_names
+from llmcache.engine import dependency_names
 from llmcache.errors import SerializationError
+from llmcache.face import UNSIGNED_SHARED_WARNING, EngineFace
 from llmcache.generations import build_owned, compile_template, dump_generations
 from llmcache.hot_templates import HotTemplates
 from llmcache.invalidation import DependencyRules, VersionStore
 from llmcache.keys import KeyMemo
+from llmcache.memoize import Memoizing
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record
 from llmcache.stats import CacheStats
 from llmcache.tiers import Flow, Hit, Layers, Tier
@@ -39,7 +41,7 @@ logger = logging.getLogger("llmcache")
 _warned_unsigned_shared = False
 
 
-class TieredCache(BaseCache):
+class TieredCache(EngineFace, Memoizing, BaseCache):
     """An LLM cache in tiers: L1 in memory, L2 on disk or Redis.
 
     ``TieredCache()`` is an L1 MemoryTier over a DiskTier in
@@ -54,6 +56,8 @@ class TieredCache(BaseCache):
     With a disk or Redis L2, the counters of ``stats()`` are also added to the
     store every ``stats_interval`` seconds, at ``close()`` and at exit, so that
     ``llmcache stats`` shows every process's (``llmcache.fleet``; None: never).
+    ``memoize`` caches plain functions' JSON results in the same tiers
+    (``llmcache.memoize``), apart from the LLM entries.
     Nothing is opened, created or connected until the first call.
     """
 
@@ -75,7 +79,7 @@ class TieredCache(BaseCache):
         stats_interval: float | None = 10.0,
         semantic: SemanticTier | None = None,
     ) -> None:
-        self._engine = Engine(
+        super().__init__(
             l1=l1,
             l2=l2,
             namespace=namespace,
@@ -90,8 +94,6 @@ class TieredCache(BaseCache):
             stats_interval=stats_interval,
             on_unsigned_shared=_warn_unsigned_shared,
         )
-        self.namespace = self._engine.namespace
-        self.ttl = self._engine.ttl
         self._rules = dependencies
         self._keys = KeyMemo()
         self._hot = HotTemplates()
@@ -102,21 +104,12 @@ class TieredCache(BaseCache):
             semantic.attach(self._engine.layers, None if disk is None else disk.path, _record_text)
 
     @property
-    def engine(self) -> Engine:
-        """The engine under this face, shared by nothing else unless you pass it on."""
-        return self._engine
-
-    @property
     def _layers(self) -> Layers:
         return self._engine.layers
 
     @property
     def _coalescer(self) -> Coalescer | None:
         return self._engine.coalescer
-
-    @property
-    def tiers(self) -> Sequence[Tier]:
-        return self._engine.tiers
 
     # -- BaseCache ------------------------------------------------------------
 
@@ -149,74 +142,23 @@ class TieredCache(BaseCache):
 
     # -- beyond BaseCache -----------------------------------------------------
 
-    def invalidate(self, *names: str) -> None:
-        """Every entry that depends on one of ``names`` is stale from now on, in every tier.
-
-        One version bump per name: O(1), no scan. Unlike lookups this does not
-        fail open: if the version store cannot be reached, TierError is raised,
-        because a silent failure here would mean serving stale answers.
-        """
-        self._engine.invalidate(names)
-
-    async def ainvalidate(self, *names: str) -> None:
-        """The async twin of :meth:`invalidate`."""
-        await self._engine.ainvalidate(names)
-
-    def gc(self) -> dict[str, dict[str, int]]:
-        """Delete this namespace's expired, stale and garbled entries, tier by tier.
-
-        Stale entries are skipped at once on every read; this reclaims the
-        space of those nobody reads again. It scans the namespace, so it is a
-        maintenance job (``llmcache gc``), never part of ``invalidate``.
-        Returns, per tier that can list its keys, what was removed and kept,
-        and for the version store, the version records dropped and kept.
-        """
-        return self._engine.gc()
-
     def stats(self) -> CacheStats:
         """Hits, misses, errors and latency per tier; tokens and cost saved by hits.
 
         ``print()`` it for a table; ``errors`` counts every error, the tiers' too.
         """
-        stats = self._engine.stats()
+        stats = super().stats()
         if self._semantic is not None:
             stats.extra.update(self._semantic.counts())
         return stats
 
-    def totals(self) -> dict[str, int]:
-        """The whole cache's counts: what ``stats()`` totals and ``llmcache.fleet`` reports."""
-        return self._engine.totals()
-
-    def flush_stats(self) -> bool:
-        """Add this process's counts since the last report to the L2's fleet-wide counters now.
-
-        Done on its own every ``stats_interval`` seconds, at ``close()`` and at
-        exit; False if the store could not take them (they are kept for the next).
-        """
-        return self._engine.flush_stats()
-
-    def instrument(self, meter_provider: Any = None) -> None:
-        """Report this cache's counters and latencies as OpenTelemetry metrics.
-
-        Needs the ``otel`` extra; ``meter_provider`` defaults to the global one.
-        See ``llmcache.metrics`` for the instruments.
-        """
-        self._engine.instrument(meter_provider)
-
     def reset_stats(self) -> None:
-        self._engine.reset_stats()
+        super().reset_stats()
         if self._semantic is not None:
             self._semantic.reset_stats()
 
-    def close(self) -> None:
-        self._engine.close()
-
-    async def aclose(self) -> None:
-        await self._engine.aclose()
-
-    def __repr__(self) -> str:
-        tiers = ", ".join(f"{tier.name}={type(tier).__name__}" for tier in self.tiers)
-        return f"TieredCache(namespace={self.namespace!r}, {tiers}, ttl={self.ttl})"
+    def _repr_tail(self) -> str:
+        return f", ttl={self.ttl}"
 
     # -- shared by the sync and async paths -----------------------------------
 
@@ -394,8 +336,4 @@ def _warn_unsigned_shared() -> None:
     global _warned_unsigned_shared
     if not _warned_unsigned_shared:
         _warned_unsigned_shared = True
-        logger.warning(
-            "llmcache: a Redis L2 with no LLMCACHE_SECRET: anyone who can write to that"
-            " server can plant answers that every process will serve. Set LLMCACHE_SECRET"
-            " (README, 'What it guarantees') to sign and verify every stored value."
-        )
+        logger.warning(UNSIGNED_SHARED_WARNING)

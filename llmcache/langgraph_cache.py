@@ -40,12 +40,12 @@ from typing import Any
 from langgraph.cache.base import BaseCache, FullKey, Namespace
 
 from llmcache.config import DEFAULT, Default
-from llmcache.engine import Engine, dependency_names
+from llmcache.engine import dependency_names
 from llmcache.errors import ConfigurationError, SerializationError
+from llmcache.face import EngineFace
 from llmcache.invalidation import VersionStore
 from llmcache.keys import part_key
 from llmcache.node_values import ValueTypes, dump_writes, load_writes
-from llmcache.stats import CacheStats
 from llmcache.tiers import Flow, Hit, Tier
 
 __all__ = ["NodeCache", "NodeDependencies"]
@@ -60,7 +60,7 @@ _FACE = "langgraph"
 _NODE_DEPENDENCY = "llmcache.langgraph.node:"
 
 
-class NodeCache(BaseCache[Writes]):
+class NodeCache(EngineFace, BaseCache[Writes]):
     """LangGraph's node cache in tiers: L1 in memory, L2 on disk or Redis.
 
     The constructor takes what ``TieredCache`` takes (``l1``, ``l2`` as a
@@ -85,8 +85,7 @@ class NodeCache(BaseCache[Writes]):
         versions: VersionStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__()
-        self._engine = Engine(
+        super().__init__(
             l1=l1,
             l2=l2,
             namespace=namespace,
@@ -96,21 +95,12 @@ class NodeCache(BaseCache[Writes]):
             clock=clock,
             coalesce=False,  # why: the module docstring
         )
-        self.namespace = self._engine.namespace
         self.types = types if isinstance(types, ValueTypes) else ValueTypes(types)
         if dependencies is not None and not (
             callable(dependencies) or isinstance(dependencies, Mapping)
         ):
             raise ConfigurationError("dependencies is a mapping of node names, or a function")
         self._rules = dependencies
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
-    @property
-    def tiers(self) -> Sequence[Tier]:
-        return self._engine.tiers
 
     # -- langgraph.cache.base.BaseCache ---------------------------------------------
 
@@ -151,27 +141,7 @@ class NodeCache(BaseCache[Writes]):
         else:
             await self._engine.ainvalidate([_node_dependency(ns) for ns in namespaces])
 
-    # -- beyond BaseCache -----------------------------------------------------------
-
-    def invalidate(self, *names: str) -> None:
-        """Every node result that depends on one of ``names`` is stale from now on, everywhere."""
-        self._engine.invalidate(names)
-
-    async def ainvalidate(self, *names: str) -> None:
-        await self._engine.ainvalidate(names)
-
-    def stats(self) -> CacheStats:
-        return self._engine.stats()
-
-    def close(self) -> None:
-        self._engine.close()
-
-    async def aclose(self) -> None:
-        await self._engine.aclose()
-
-    def __repr__(self) -> str:
-        tiers = ", ".join(f"{tier.name}={type(tier).__name__}" for tier in self.tiers)
-        return f"NodeCache(namespace={self.namespace!r}, {tiers})"
+    # invalidate, stats, close and the rest: EngineFace's.
 
     # -- shared by the sync and async paths -----------------------------------------
 

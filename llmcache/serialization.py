@@ -413,8 +413,10 @@ def _check_body(body: bytes) -> None:
         raise SerializationError(f"value body is over {MAX_DECOMPRESSED_BYTES} bytes")
     if not body.isascii():  # encode writes ASCII only (and json.loads would guess UTF-16)
         raise SerializationError("value body is not ASCII JSON")
-    # Cheap bound first: a body with few brackets cannot nest deeper than their count.
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and json_depth(body) > MAX_DEPTH:
+    # Cheap bound first: a body with few opening brackets cannot nest deeper than
+    # their count. One translate counts both kinds in one pass (0.9 µs on a 2.4 KB
+    # answer, against 1.3 µs for two bytes.count: issue 14, a first disk read).
+    if len(body.translate(None, _NOT_OPENING)) > MAX_DEPTH and json_depth(body) > MAX_DEPTH:
         raise SerializationError(f"value nests deeper than {MAX_DEPTH}")
 
 
@@ -423,6 +425,7 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # byte is deleted); the depth after k brackets is then their sum minus k.
 _BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[{]}")))
+_NOT_OPENING = bytes(sorted(set(range(256)) - set(b"[{")))
 
 
 def json_depth(text: bytes) -> int:

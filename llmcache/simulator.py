@@ -38,7 +38,7 @@ __all__ = ["Simulator", "SimulatorConfig", "remote_control", "remote_stats", "ru
 
 _MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-nano")
 _CONTROL_KEYS = frozenset(
-    {"fail_next", "status", "match", "rate_limit_next", "retry_after"}
+    {"fail_next", "status", "match", "rate_limit_next", "retry_after", "cut_next"}
     | {"latency_ms", "latency_sigma", "per_token_ms", "reset"}
 )
 _ERROR_TYPES = {
@@ -71,6 +71,7 @@ class _Fault:
     remaining: int
     match: str | None
     retry_after: float | None = None  # set for rate limits only
+    cut: bool = False  # a streamed answer broken off half-way, not an error status
 
 
 def _error_response(
@@ -272,6 +273,15 @@ class Simulator:
             if n > 0:
                 self._faults.append(_Fault(429, n, match, retry_after=retry_after))
 
+    def cut_next(self, n: int = 1, *, match: str | None = None) -> None:
+        """Break off the next ``n`` (matching) streamed answers half-way: the connection drops.
+
+        A plain (not streamed) request that takes one is answered whole.
+        """
+        with self._lock:
+            if n > 0:
+                self._faults.append(_Fault(200, n, match, cut=True))
+
     def set_latency(
         self, latency_ms: float, sigma: float = 0.0, *, per_token_ms: float | None = None
     ) -> None:
@@ -294,6 +304,8 @@ class Simulator:
             self.fail_next(
                 int(command["fail_next"]), status=int(command.get("status", 500)), match=match
             )
+        if command.get("cut_next"):
+            self.cut_next(int(command["cut_next"]), match=match)
         if command.get("rate_limit_next"):
             retry_after = float(command.get("retry_after", 0.05))
             self.rate_limit_next(
@@ -337,13 +349,13 @@ class Simulator:
         try:
             if latency > 0:
                 await asyncio.sleep(latency)
-            if fault is not None:
+            if fault is not None and not fault.cut:
                 return self._fault_response(fault)
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
                 return _error_response(400, "Request body must be JSON with a 'messages' list.")
             if not body["messages"]:
                 return _error_response(400, "'messages' must not be empty.")
-            return await self._answer(request, body, per_token)
+            return await self._answer(request, body, per_token, cut=fault is not None)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -358,7 +370,7 @@ class Simulator:
         return _error_response(429, "Rate limit reached (simulated).", headers)
 
     async def _answer(
-        self, request: web.Request, body: dict[str, Any], per_token: float
+        self, request: web.Request, body: dict[str, Any], per_token: float, *, cut: bool = False
     ) -> web.StreamResponse:
         answer = plan_answer(body, self.config.seed, self.config.completion_tokens)
         id_, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
@@ -376,14 +388,20 @@ class Simulator:
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        try:
-            for chunk, tokens in stream_chunks(
+        chunks = list(
+            stream_chunks(
                 answer,
                 id_=id_,
                 created=created,
                 fingerprint=self._fingerprint,
                 include_usage=include_usage,
-            ):
+            )
+        )
+        try:
+            for sent, (chunk, tokens) in enumerate(chunks):
+                if cut and sent == len(chunks) // 2 and request.transport is not None:
+                    request.transport.close()  # the connection drops mid-answer, no [DONE]
+                    return response
                 if per_token > 0 and tokens:
                     await asyncio.sleep(per_token * tokens)
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())

@@ -5,18 +5,69 @@ Pure functions of the numbers; nothing here counts or reads a store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from llmcache.stats import CacheStats
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 __all__ = ["count", "latency", "money", "percent", "render", "saved", "table"]
+
+
+class TierRow(Protocol):
+    """What a table row reads of a tier's figures (``stats.TierStats``)."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def corrupt(self) -> int: ...
+    @property
+    def stale(self) -> int: ...
+    @property
+    def writes(self) -> int: ...
+    @property
+    def latency_p50_us(self) -> float: ...
+    @property
+    def latency_p99_us(self) -> float: ...
+
+
+class Shown(Protocol):
+    """What the table reads of a cache's figures (``stats.CacheStats``).
+
+    A protocol, so that the view imports nothing of the counters it shows.
+    """
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def tiers(self) -> Mapping[str, TierRow]: ...
+    @property
+    def extra(self) -> Mapping[str, int]: ...
+    @property
+    def errors_by_source(self) -> Mapping[str, int]: ...
+    @property
+    def lookups(self) -> int: ...
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def coalesced(self) -> int: ...
+    @property
+    def tokens_saved(self) -> int: ...
+    @property
+    def cost_saved_nanos(self) -> int: ...
+    @property
+    def tokens_unpriced(self) -> int: ...
+
 
 _HEADER = ("tier", "hits", "misses", "errors", "corrupt", "stale", "writes", "p50 µs", "p99 µs")
 
 
-def render(stats: CacheStats) -> str:
+def render(stats: Shown) -> str:
     """``print(cache.stats())``: one line of totals, a row per tier, a total row, savings.
 
     The hits, errors, corrupt, stale and writes columns add up to the total

@@ -11,6 +11,12 @@ from langchain_openai import ChatOpenAI
 
 from llmcache.simulator import Simulator
 
+# Shared helpers whose asserts should read like a test's: registered before any test
+# module imports them (in a test module, the order of collection decided whether it worked).
+pytest.register_assert_rewrite(
+    "tests.redis_servers", "tests.semantic_servers", "tests.tier_contract"
+)
+
 
 class FakeClock:
     """A clock tests move by hand instead of sleeping."""

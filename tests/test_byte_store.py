@@ -20,7 +20,6 @@ from llmcache.errors import ConfigurationError
 from tests.conftest import FakeClock
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import command_calls, purge_prefix  # noqa: E402
 
 

@@ -19,7 +19,6 @@ from llmcache.simulator import remote_stats
 
 # The Redis fixtures (redis_url, key_prefix) start real servers from pip-installed binaries.
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import purge_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

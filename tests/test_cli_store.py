@@ -13,7 +13,6 @@ from llmcache import DiskTier, RedisTier, TieredCache, depends_on
 from llmcache.cli import main
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import purge_prefix  # noqa: E402
 
 LLM_STRING = "fake-llm---[('temperature', 0)]"

@@ -8,6 +8,8 @@ leader still at a chosen point.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +25,8 @@ from langchain_openai import ChatOpenAI
 from pydantic import Field
 
 from llmcache import MemoryTier, TieredCache, depends_on
-from llmcache.coalesce import RETRY, Coalescer
-from llmcache.leaders import Owner
+from llmcache.coalesce.coalescer import RETRY, Coalescer
+from llmcache.coalesce.leaders import Owner
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import ChatFactory, FakeClock
 
@@ -606,3 +608,78 @@ def test_identical_calls_coalesce_through_a_cache_that_wraps_ours(sim: Simulator
     assert sim.requests == 3
     model.batch([f"threaded dish {i % 2}" for i in range(8)], config={"max_concurrency": 8})
     assert sim.requests == 5
+
+
+# -- a lead's end is read from its frame alone ----------------------------------------------
+
+
+def test_running_reads_a_frame_without_walking_any_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Walking another thread's stack can crash CPython 3.11; nothing may call it.
+    from llmcache.coalesce.leaders import _running
+
+    def forbidden() -> None:
+        raise AssertionError("sys._current_frames walked")
+
+    monkeypatch.setattr(sys, "_current_frames", forbidden)
+    inside = threading.Event()
+    leave = threading.Event()
+    frames: list[Any] = []
+
+    def call() -> None:
+        frames.append(sys._getframe())
+        inside.set()
+        leave.wait(10)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert inside.wait(10)
+    assert _running(frames[0])  # another thread's frame, still running
+    assert _running(sys._getframe())  # this very frame
+    leave.set()
+    thread.join(10)
+    assert not _running(frames[0])  # returned
+
+    def numbers() -> Iterator[int]:
+        frames.append(sys._getframe())
+        yield 1
+        yield 2
+
+    generator = numbers()
+    assert next(generator) == 1
+    assert _running(frames[-1])  # a suspended generator's frame: unknown, so running...
+    assert next(generator) == 2  # ...and never closed by asking
+
+
+def test_a_thread_leader_that_raises_releases_its_follower_without_stack_walks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "_current_frames", lambda: pytest.fail("stack walked"))
+    cache = TieredCache(l2=None, coalesce_wait=8.0)
+    prompt, llm = "a leader that fails", "model"
+    led = threading.Event()
+    fail = threading.Event()
+
+    def leader() -> None:
+        def call() -> None:
+            assert cache.lookup(prompt, llm) is None  # leads
+            led.set()
+            fail.wait(10)
+            raise RuntimeError("the model call failed")
+
+        with contextlib.suppress(RuntimeError):
+            call()
+
+    thread = threading.Thread(target=leader)
+    thread.start()
+    assert led.wait(10)
+    found: list[Any] = []
+    follower = threading.Thread(target=lambda: found.append(cache.lookup(prompt, llm)))
+    follower.start()
+    time.sleep(0.1)
+    assert not found  # it follows the leader
+    failed_at = time.monotonic()
+    fail.set()
+    follower.join(10)
+    assert found == [None]  # released to lead itself, not handed an answer
+    assert time.monotonic() - failed_at < 2.0  # the watcher's poll, not the 8 s bound
+    thread.join(10)

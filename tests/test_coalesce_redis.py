@@ -24,11 +24,10 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import RedisTier, TieredCache
-from llmcache.backends.redis_lease import RedisLeases
+from llmcache.coalesce.redis_leases import RedisLeases
 from llmcache.simulator import Simulator, SimulatorConfig
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisClusterServers, purge_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

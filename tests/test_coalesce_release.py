@@ -27,11 +27,10 @@ import redis
 
 from llmcache import RedisTier, TieredCache
 from llmcache.coalesce import Coalescer
-from llmcache.leaders import LEADS
+from llmcache.coalesce.leaders import LEADS
 from tests._lead_worker import ANSWER, LLM, MODES, Leader
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import EXTERNAL_URL_ENV, purge_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.redis]

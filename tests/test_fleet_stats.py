@@ -18,7 +18,6 @@ from llmcache.cli import main
 from llmcache.fleet import STATS_FILE, fleet_key, read_disk, read_redis
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import purge_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -36,7 +36,6 @@ from tests import _graph_worker as worker
 from tests.conftest import FakeClock
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import purge_prefix  # noqa: E402
 
 

@@ -23,7 +23,6 @@ from tests.conftest import FakeClock
 from tests.tier_contract import TierContract
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import (  # noqa: E402
     RedisClusterServers,
     connections_named,

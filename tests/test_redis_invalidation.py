@@ -15,10 +15,9 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import RedisTier, TieredCache, depends_on
-from llmcache.backends.redis_versions import RedisVersions
+from llmcache.invalidation.redis import RedisVersions
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisServer, purge_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.redis]

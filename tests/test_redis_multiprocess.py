@@ -16,7 +16,6 @@ import pytest
 from llmcache.simulator import Simulator, SimulatorConfig
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import purge_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

@@ -34,7 +34,6 @@ from tests.tier_contract import TierContract
 
 # The server fixtures, registered once for the session (shared with the other Redis modules).
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import (  # noqa: E402
     EXTERNAL_URL_ENV,
     RedisServer,

@@ -32,6 +32,18 @@ VETOED = [
         "What are the side effects of this medicine for my son?",
     ),
     ("swap", "How long should I boil an egg?", "How long should I boil a potato?"),
+    (
+        "template",  # one template, three slots filled differently (the workloads' menu job)
+        "Menu item: Spicy Ramen\nNotes: house recipe, garlic and ginger\n"
+        "Give carbohydrates, protein, fat, fiber, sodium, kcal.",
+        "Menu item: Ramen\nNotes: house recipe, leek and miso\n"
+        "Give carbohydrates, protein, fat, fiber, sodium, kcal.",
+    ),
+    (
+        "template",
+        "Summarise the attached invoice from Northwind for the finance team in three bullets.",
+        "Summarise the attached contract from Northwind for the legal team in three bullets.",
+    ),
 ]
 
 ALLOWED = [
@@ -41,6 +53,10 @@ ALLOWED = [
     ("How do I cancel my gym membership?", "How do I cancle my gym membership?"),
     ("Can I bring 2 bags?", "Can I bring two bags?"),
     ("What's the price for non-residents?", "How much is it if I'm not a resident?"),
+    (  # long and mostly the same words, but only function words differ: one question
+        "Could you please tell me what the opening hours of the main library are on a Sunday?",
+        "Can you tell me what the opening hours of the main library are on Sunday, please?",
+    ),
 ]
 
 
@@ -60,5 +76,5 @@ def test_guard_names_are_distinct() -> None:
     assert (
         sorted(names)
         == sorted(set(names))
-        == ["entities", "negation", "numbers", "quotes", "scope", "swap"]
+        == ["entities", "negation", "numbers", "quotes", "scope", "swap", "template"]
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import shutil
 import threading
 from pathlib import Path
@@ -32,6 +34,31 @@ def test_matches_the_published_embedding() -> None:
     assert vector.shape == (384,)
     assert np.allclose(vector[:8], REFERENCE, atol=2e-6)
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_embeddings_match_the_stored_reference_vectors() -> None:
+    # Vectors of the plain forward pass (numpy temporaries, erf over whole arrays) as it
+    # was before the in-place, blocked GELU and the worker threads: a faster forward
+    # pass must give the same embeddings, singly and in a batch split over threads.
+    stored = np.load(Path(__file__).parent / "data" / "minilm_reference.npz")
+    texts, reference = stored["texts"].tolist(), stored["vectors"]
+    assert len(default_model().token_ids(texts[-3:-2])[0]) == 256  # one text is truncated
+    batched = default_model().embed(texts * 8)  # enough tokens to split over the workers
+    for copy in range(8):
+        assert np.abs(batched[copy * len(texts) : (copy + 1) * len(texts)] - reference).max() < 1e-5
+    for text, vector in zip(texts, reference):
+        assert np.abs(default_model().embed([text])[0] - vector).max() < 1e-5
+
+
+def test_a_batch_split_over_worker_threads_equals_one_thread() -> None:
+    model = MiniLM(model_directory(), verify=False, workers=1)
+    split = MiniLM(model_directory(), verify=False, workers=2)
+    texts = [
+        f"Question {i} about topic {i % 7} and what it means for plan {i % 3}" for i in range(40)
+    ]
+    texts += ["short", "a much longer sentence with many more tokens than most of the others here"]
+    assert np.abs(split.embed(texts) - model.embed(texts)).max() < 1e-6
+    assert split._executor is not None  # the split really happened
 
 
 def test_batches_equal_single_texts_and_padding_changes_nothing() -> None:
@@ -80,3 +107,26 @@ def test_loaded_once_per_process_under_threads(monkeypatch: pytest.MonkeyPatch) 
         thread.join()
     assert len(loads) == 1
     assert all(model is found[0] for model in found)
+
+
+def _embed_in_child(texts: list[str], queue: multiprocessing.queues.Queue[object]) -> None:
+    queue.put(default_model().embed(texts))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a threaded process
+def test_a_forked_child_splits_a_batch_over_its_own_workers() -> None:
+    # The parent's helper threads do not exist in a forked child: a pool inherited
+    # as is would take the work and never run it.
+    texts = [
+        f"Question {i} about topic {i % 7} and what it means for plan {i % 3}" for i in range(40)
+    ]
+    expected = default_model().embed(texts)
+    assert default_model()._executor is not None
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_embed_in_child, args=(texts, queue))
+    child.start()
+    found = queue.get(timeout=120)
+    child.join(30)
+    assert child.exitcode == 0
+    assert np.abs(np.asarray(found) - expected).max() < 1e-6

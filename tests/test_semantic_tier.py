@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -314,3 +315,52 @@ def test_redis_index_end_to_end(request: pytest.FixtureRequest, server: str) -> 
         theirs.clear()
         mine.close()
         theirs.close()
+
+
+_OTHER_PROCESS = """
+import sys
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration
+from llmcache import SemanticTier, TieredCache
+tier = SemanticTier()
+cache = TieredCache(l1=None, l2=sys.argv[1], semantic=tier)
+assert cache.lookup(sys.argv[2], "gpt-4o-mini temperature=0") is None
+cache.update(sys.argv[2], "gpt-4o-mini temperature=0", [ChatGeneration(message=AIMessage("A"))])
+print(tier.embedder.embedded, tier.embedder.from_store)
+"""
+
+
+def test_a_text_embedded_by_one_process_is_not_embedded_again_by_another(tmp_path: Path) -> None:
+    # The semantic tier's embeddings go through TieredByteStore on the cache's disk tier.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, str(tmp_path), ASKED],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "0"]  # embedded once: the lookup's, reused by the update
+
+    tier = SemanticTier()
+    cache = TieredCache(l1=None, l2=tmp_path, semantic=tier)
+    found = cache.lookup(REWORDED, LLM)  # embeds the new question; the stored row is searched
+    assert texts(found) == ["A"]
+    assert (tier.embedder.embedded, tier.embedder.from_store) == (1, 0)
+    tier.embedder._entries.clear()  # this process's LRU forgotten: the store still has both
+    assert tier.embedder.embed([ASKED, REWORDED]).shape == (2, 384)
+    assert (tier.embedder.embedded, tier.embedder.from_store) == (1, 2)
+
+
+def test_stored_vectors_that_are_not_unit_float32_are_ignored() -> None:
+    from llmcache.semantic.embedder import _vector
+
+    good = np.array([0.6, 0.8], dtype="<f4").tobytes()
+    assert _vector(good) is not None
+    assert _vector(None) is None
+    assert _vector(b"") is None
+    assert _vector(good[:-1]) is None
+    assert _vector(np.array([3.0, 4.0], dtype="<f4").tobytes()) is None
+    assert _vector(np.array([np.nan, 1.0], dtype="<f4").tobytes()) is None

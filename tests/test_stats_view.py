@@ -14,9 +14,7 @@ from llmcache import DiskTier, MemoryTier, RedisTier, TieredCache
 from llmcache.pricing import PRICES, UNKNOWN, Price, answer_cost, price_of
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import ChatFactory
-
-pytest.register_assert_rewrite("tests.redis_servers")
-from tests.redis_servers import free_port  # noqa: E402
+from tests.redis_servers import free_port
 
 
 def _answer(model: str | None, inputs: int = 1000, outputs: int = 500, cached: int = 0) -> list:

@@ -56,7 +56,6 @@ from llmcache.simulator import Simulator, SimulatorConfig
 from llmcache.tiers import Tier
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisClusterServers, purge_prefix  # noqa: E402
 
 NAMESPACE = "fuzz"

@@ -22,11 +22,10 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import ConfigurationError, DiskTier, RedisTier, TieredCache, depends_on
-from llmcache.backends.redis_versions import RedisVersions
+from llmcache.invalidation.redis import RedisVersions
 from llmcache.keys import validate_namespace
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisClusterServers, purge_prefix  # noqa: E402
 
 # Reserved words of the key layout, and names that are prefixes of one another.

@@ -28,10 +28,9 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from llmcache import DiskTier, RedisTier, TieredCache, depends_on
-from llmcache.backends.redis_versions import RedisVersions
+from llmcache.invalidation.redis import RedisVersions
 
 pytest_plugins = ["tests.redis_servers"]
-pytest.register_assert_rewrite("tests.redis_servers")
 from tests.redis_servers import RedisServer, command_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +67,7 @@ FRESH = textwrap.dedent(
     """
     import json, sys
     from llmcache import DiskTier, RedisTier, TieredCache
-    from llmcache.backends.redis_versions import RedisVersions
+    from llmcache.invalidation.redis import RedisVersions
 
     directory, url, prefix = sys.argv[1:4]
     prompts = json.loads(sys.argv[4])

@@ -63,6 +63,16 @@ class CircuitBreaker:
             return "open"
         return "half-open"
 
+    @property
+    def failing(self) -> bool:
+        """Did the last call reported fail (or is the breaker not closed)?
+
+        A lookup's lease follows its read at once: when that read has just
+        failed, the lease would wait out a timeout of its own on the same server.
+        """
+        with self._lock:
+            return self._failures > 0 or self._opened_at is not None
+
     def allow(self) -> bool:
         """May a call go out now? In half-open, True for the single probe only."""
         with self._lock:
@@ -79,10 +89,16 @@ class CircuitBreaker:
 
     def check(self) -> None:
         """Raise ``TierError`` unless a call may go out now (see :meth:`allow`)."""
+        # Closed (the common case) needs no lock: a failure that opens it at this
+        # very moment lets this one call through, as if it had come a moment earlier.
+        if self._opened_at is None:
+            return
         if not self.allow():
             raise TierError(f"{self.name}: circuit breaker open, not asking the server")
 
     def success(self) -> None:
+        if self._failures == 0 and self._opened_at is None:
+            return  # nothing to forget (read without the lock: see check)
         with self._lock:
             self._failures = 0
             self._opened_at = None

@@ -11,7 +11,8 @@ its own error.
 
 Both the batcher and the client under it belong to one event loop;
 :class:`PerLoop` keeps one of them per running loop and closes it when its loop
-shuts down. The round-trip functions here know Redis; the batcher does not. Breaker
+shuts down. What a batch becomes on the wire is ``redis_round_trips``' (shared
+with the threaded path, ``redis_threads``); the batcher knows no Redis. Breaker
 checks and error wrapping are the tier's (``guard``), applied per round trip,
 so a dead cluster node fails its own keys only.
 """
@@ -24,19 +25,24 @@ import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisClusterException, RedisError
 
+from llmcache.backends.redis_round_trips import (
+    Op,
+    Result,
+    adrive,
+    by_node,
+    node_pipeline,
+    own_error,
+    single_server,
+)
 from llmcache.errors import TierError
 
 __all__ = ["AutoBatcher", "Op", "Pending", "PerLoop", "RoundTrip", "run_cluster", "run_single"]
 
-Op = Literal["get", "set", "delete"]
 _ClusterErrors = (RedisError, RedisClusterException)  # the latter is no RedisError
-Result = Any  # bytes | None for a get, None for a write; or an exception instance
 RoundTrip = Callable[[Sequence["Pending"]], Awaitable[list[Result]]]
 #: ``guard(node, round_trip)``: the tier's breaker check and error wrapping around one
 #: round trip; raises (a TierError) when the round trip fails or may not go out.
@@ -99,7 +105,7 @@ class AutoBatcher:
             if pending.future.done():
                 continue  # its caller gave up (cancelled); nobody to tell
             if isinstance(result, BaseException):
-                pending.future.set_exception(_own(result))
+                pending.future.set_exception(own_error(result))
             else:
                 pending.future.set_result(result)
 
@@ -114,14 +120,6 @@ class AutoBatcher:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _own(exc: BaseException) -> TierError:
-    """Each caller's own TierError: one exception raised in many tasks would pile
-    all their tracebacks onto itself."""
-    error = TierError(*exc.args) if isinstance(exc, TierError) else TierError(f"redis: {exc}")
-    error.__cause__ = exc.__cause__ if isinstance(exc, TierError) else exc
-    return error
 
 
 # -- one per event loop ---------------------------------------------------------
@@ -216,23 +214,8 @@ async def _finish(closer: AsyncGenerator[None, None]) -> None:
 
 
 async def run_single(client: Any, batch: Sequence[Pending], guard: Guard) -> list[Result]:
-    """One round trip to one server: a bare MGET when the batch is all gets."""
-
-    async def round_trip() -> list[Result]:
-        if len(batch) == 1 and batch[0].op == "get":  # alone in its tick: GET is cheaper than MGET
-            try:
-                return [await client.get(batch[0].key)]
-            except ResponseError as exc:
-                if "WRONGTYPE" not in str(exc):
-                    raise
-                return [None]  # another type under our key: absent, as MGET says
-        if all(pending.op == "get" for pending in batch):
-            return list(await client.mget([pending.key for pending in batch]))
-        async with client.pipeline(transaction=False) as pipe:
-            _queue_commands(pipe, batch)
-            return _results(batch, await pipe.execute(raise_on_error=False))
-
-    return await guard("server", round_trip)
+    """One round trip to one server (``redis_round_trips.single_server``)."""
+    return await guard("server", lambda: adrive(single_server(client, batch)))
 
 
 async def run_cluster(
@@ -247,22 +230,12 @@ async def run_cluster(
             masters = [client.get_node_from_key(pending.key).name for pending in batch]
         except _ClusterErrors as exc:
             raise TierError(f"redis cluster: {exc}") from exc
-    groups: dict[str, list[int]] = {}
-    for index, master in enumerate(masters):
-        groups.setdefault(master, []).append(index)
+    groups = by_node(masters)
 
     async def for_node(node: str, indices: list[int]) -> list[Result]:
         members = [batch[index] for index in indices]
-
-        async def round_trip() -> list[Result]:
-            # Keys in different slots cannot share an MGET, even on one node;
-            # the cluster pipeline sends per-key commands in one round trip.
-            pipe = client.pipeline()
-            _queue_commands(pipe, members)
-            return _results(members, await pipe.execute(raise_on_error=False))
-
         try:
-            return await guard(node, round_trip)
+            return await guard(node, lambda: adrive(node_pipeline(client, members)))
         except Exception as exc:
             return [exc] * len(members)
 
@@ -277,36 +250,3 @@ async def run_cluster(
 async def _mapped(client: Any) -> list[Result]:
     await client.initialize()  # CLUSTER SLOTS (and COMMAND) from the seed
     return []
-
-
-def _queue_commands(pipe: Any, batch: Sequence[Pending]) -> None:
-    for pending in batch:
-        if pending.op == "get":
-            pipe.get(pending.key)
-        elif pending.op == "set":
-            pipe.set(pending.key, pending.value, px=pending.px)
-        else:
-            pipe.execute_command("UNLINK", pending.key)  # pipe.unlink: a coroutine on a cluster
-
-
-def _results(batch: Sequence[Pending], replies: Sequence[Any]) -> list[Result]:
-    """Per-operation replies; a per-operation error becomes a TierError for its caller only.
-
-    A lost connection is no per-operation error (a cluster pipeline reports it
-    per command): it is raised, so that the round trip counts as failed.
-    """
-    results: list[Result] = []
-    for pending, reply in zip(batch, replies, strict=False):
-        if isinstance(reply, (RedisConnectionError, RedisTimeoutError, OSError)):
-            raise reply
-        if isinstance(reply, Exception):
-            if pending.op == "get" and "WRONGTYPE" in str(reply):
-                reply = None  # another type under our key: absent for us, as MGET says
-            else:
-                error = TierError(f"redis {pending.op} failed: {reply}")
-                error.__cause__ = reply
-                reply = error
-        elif pending.op != "get":
-            reply = None
-        results.append(reply)
-    return results

@@ -27,6 +27,7 @@ a fresh index instead of reinterpreting old entries.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections import Counter
@@ -40,7 +41,7 @@ __all__ = [
     "veto",
 ]
 
-GUARDS_VERSION = 1
+GUARDS_VERSION = 2
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’\-+.&/]*[A-Za-z0-9+]|[A-Za-z0-9]")
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$")
@@ -467,6 +468,32 @@ def swap_vetoes(first: str, second: str) -> bool:
     return 0 < changed <= 2 and shared >= 1
 
 
+def template_vetoes(first: str, second: str) -> bool:
+    """Two fillings of one template: most words shared in long runs, content words changed.
+
+    A templated prompt ("Menu item: {dish}\nNotes: {notes}\nGive carbohydrates,
+    protein...") keeps every word of its template and changes only its slots,
+    which are what it is about; the template's words make the two texts close
+    for any embedding. A reworded question shares short runs at most. The swap
+    guard sees one or two changed words; this one any number, once runs of two
+    or more words in order make up half the longer text. Only for texts of 12
+    words or more: a template is long, and in a short question a changed verb
+    phrase ("set up" / "create") is more often a synonym, which the similarity
+    score judges.
+    """
+    a, b = _lower(first), _lower(second)
+    longest = max(len(a), len(b))
+    if longest < 12:
+        return False
+    blocks = difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
+    if sum(block.size for block in blocks if block.size >= 2) * 2 < longest:
+        return False
+    first_content, second_content = _content(first), _content(second)
+    return bool(
+        _unmatched(first_content, second_content) or _unmatched(second_content, first_content)
+    )
+
+
 GUARDS: tuple[Guard, ...] = (
     Guard("numbers", number_vetoes),
     Guard("negation", negation_vetoes),
@@ -474,6 +501,7 @@ GUARDS: tuple[Guard, ...] = (
     Guard("quotes", quote_vetoes),
     Guard("scope", scope_vetoes),
     Guard("swap", swap_vetoes),
+    Guard("template", template_vetoes),
 )
 
 

@@ -84,16 +84,40 @@ INSERT OR IGNORE INTO meta VALUES ('deletions', 0);
 
 
 class _Scope:
-    """One scope's vectors in this process: rows up to ``last`` as of ``deletions``."""
+    """One scope's vectors in this process: rows up to ``last`` as of ``deletions``.
 
-    __slots__ = ("deletions", "last", "matrix", "targets", "texts")
+    The vectors live in the first ``size`` rows of a preallocated matrix whose
+    capacity doubles when full, so rows added by other processes cost a copy of
+    the new rows only (a concatenation per refresh copied the whole scope).
+    ``checked`` is the database state, (``PRAGMA data_version``, this index's
+    own commits), that the copy was last brought up to date with.
+    """
+
+    __slots__ = ("buffer", "checked", "deletions", "last", "scores", "size", "targets", "texts")
 
     def __init__(self, deletions: int, dimensions: int) -> None:
         self.deletions = deletions
         self.last = 0
-        self.matrix: Vector = np.zeros((0, dimensions), dtype=np.float32)
+        self.checked: tuple[int, int] | None = None
+        self.size = 0
+        self.buffer: Vector = np.empty((0, dimensions), dtype=np.float32)
+        self.scores: Vector = np.empty(0, dtype=np.float32)
         self.texts: list[str] = []
         self.targets: list[str] = []
+
+    @property
+    def matrix(self) -> Vector:
+        return self.buffer[: self.size]
+
+    def extend(self, rows: Vector) -> None:
+        needed = self.size + len(rows)
+        if needed > len(self.buffer):
+            capacity = max(needed, 2 * len(self.buffer), 64)
+            grown = np.empty((capacity, rows.shape[1]), dtype=np.float32)
+            grown[: self.size] = self.buffer[: self.size]
+            self.buffer, self.scores = grown, np.empty(capacity, dtype=np.float32)
+        self.buffer[self.size : needed] = rows
+        self.size = needed
 
 
 class SQLiteIndex:
@@ -113,6 +137,9 @@ class SQLiteIndex:
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         self._scopes: dict[tuple[str, str], _Scope] = {}
+        # Commits made through this index's connection: PRAGMA data_version
+        # counts only the other connections' commits.
+        self._commits = 0
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is not None and self._pid == os.getpid():
@@ -145,9 +172,11 @@ class SQLiteIndex:
                     db.execute("UPDATE meta SET value = value + 1 WHERE name = 'deletions'")
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._commits += 1  # whatever happened, the next search rereads
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise TierError(f"semantic index {self.path}: {exc}") from exc
+            self._commits += 1
 
     def add(self, entries: Sequence[Entry]) -> None:
         rows = [
@@ -184,18 +213,28 @@ class SQLiteIndex:
     ) -> list[Match]:
         with self._lock:
             cached = self._refresh(namespace, scope, vector.shape[0])
-            if not cached.texts:
+            if not cached.size:
                 return []
+            similarities = cached.scores[: cached.size]
             with blas_threads(1):
-                similarities = cached.matrix @ vector
+                np.matmul(cached.matrix, vector, out=similarities)
             return _best(similarities, cached.texts, cached.targets, k, floor)
 
     def _refresh(self, namespace: str, scope: str, dimensions: int) -> _Scope:
-        """This process's copy of a scope, brought up to date with two indexed reads."""
+        """This process's copy of a scope, up to date.
+
+        One cheap check when nothing was committed since the last search
+        (``PRAGMA data_version`` changes when another connection, in this
+        process or another, commits); otherwise two indexed reads: the
+        deletions counter, and the rows added since.
+        """
         db = self._db()
         try:
-            deletions = db.execute("SELECT value FROM meta WHERE name = 'deletions'").fetchone()[0]
+            version = (db.execute("PRAGMA data_version").fetchone()[0], self._commits)
             cached = self._scopes.get((namespace, scope))
+            if cached is not None and cached.checked == version:
+                return cached
+            deletions = db.execute("SELECT value FROM meta WHERE name = 'deletions'").fetchone()[0]
             if cached is None or cached.deletions != deletions:
                 cached = self._scopes[(namespace, scope)] = _Scope(deletions, dimensions)
             rows = db.execute(
@@ -207,11 +246,11 @@ class SQLiteIndex:
             raise TierError(f"semantic index {self.path}: {exc}") from exc
         if rows:
             fresh = np.frombuffer(b"".join(row[3] for row in rows), dtype="<f4")
-            fresh = fresh.reshape(len(rows), -1)
-            cached.matrix = np.concatenate([cached.matrix, fresh]).astype(np.float32, copy=False)
+            cached.extend(fresh.reshape(len(rows), -1))
             cached.texts.extend(row[1] for row in rows)
             cached.targets.extend(row[2] for row in rows)
             cached.last = rows[-1][0]
+        cached.checked = version
         return cached
 
     def close(self) -> None:
@@ -226,10 +265,11 @@ def _best(
     similarities: Vector, texts: list[str], targets: list[str], k: int, floor: float
 ) -> list[Match]:
     """The ``k`` most similar rows at or above ``floor``, most similar first."""
-    if len(similarities) > k:
-        top = np.argpartition(-similarities, k - 1)[:k]
+    n = len(similarities)
+    if n > k:  # a partial sort of the k largest; the full sort only for those
+        top = np.argpartition(similarities, n - k)[n - k :]
     else:
-        top = np.arange(len(similarities))
+        top = np.arange(n)
     top = top[np.argsort(-similarities[top], kind="stable")]
     return [
         Match(float(similarities[i]), texts[i], targets[i]) for i in top if similarities[i] >= floor

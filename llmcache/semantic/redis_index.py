@@ -165,9 +165,21 @@ class RedisIndex:
 
 
 def _dimensions(info: Any) -> int:
-    """The vector field's size from FT.INFO (a flat list of names and values)."""
+    """The vector field's size from FT.INFO: flat lists of names and values (RESP2), or dicts.
+
+    redis-py 8 answers FT.INFO with a dict, and its attributes may be dicts too.
+    """
 
     def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                name = name.decode() if isinstance(name, bytes) else name
+                if isinstance(name, str) and name.lower() in ("dim", "dims", "dimension"):
+                    return int(item)
+            for item in value.values():
+                found = walk(item)
+                if found is not None:
+                    return found
         if isinstance(value, list | tuple):
             items = list(value)
             for i, item in enumerate(items[:-1]):

@@ -213,6 +213,8 @@ class SemanticTier:
         self._op_counters = layers._counters[self._target]
         self._directory = directory
         self._answer_text = answer_text
+        if self.embedder.store is None:
+            self.embedder.store = _vector_store(layers)
 
     @property
     def index(self) -> VectorIndex:
@@ -461,3 +463,27 @@ def _label(edge: float) -> str:
 def _same_text(cached: str, real: str) -> bool:
     """Default agreement: the same text once case and spacing are ignored."""
     return " ".join(cached.split()).casefold() == " ".join(real.split()).casefold()
+
+
+def _vector_store(layers: Any) -> Any:
+    """The embeddings' shared store: a ``TieredByteStore`` on the cache's widest shared tier.
+
+    The same path as ``CacheBackedEmbeddings`` over ``TieredByteStore``, under
+    its own namespace and signed as the cache is. None when every tier is in
+    this process's memory (the LRU is all there is to share).
+    """
+    from llmcache.backends.disk import DiskTier
+    from llmcache.backends.resolve import is_redis_tier
+
+    shared = [tier for tier in layers.tiers if isinstance(tier, DiskTier) or is_redis_tier(tier)]
+    if not shared:
+        return None
+    from llmcache.byte_store import TieredByteStore
+
+    signer = layers.signer
+    return TieredByteStore(
+        l1=None,
+        l2=shared[-1],
+        namespace="semantic-embeddings",
+        secret=None if signer is None else signer.secret,
+    )

@@ -21,9 +21,9 @@ records only.
 Version stores, matching the deployment:
 
 * ``MemoryVersions``: one process.
-* ``DiskVersions`` (``llmcache.disk_versions``): several processes on one host,
+* ``DiskVersions`` (``invalidation/disk.py``): several processes on one host,
   beside a DiskTier.
-* ``RedisVersions`` (``llmcache.backends.redis_versions``): every host.
+* ``RedisVersions`` (``invalidation/redis.py``, loaded only with a Redis tier): every host.
 """
 
 from __future__ import annotations

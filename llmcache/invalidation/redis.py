@@ -57,7 +57,7 @@ from redis.exceptions import ResponseError
 
 from llmcache.backends.redis_batch import PerLoop
 from llmcache.backends.redis_subscriber import subscribe_until
-from llmcache.invalidation import new_version
+from llmcache.invalidation.versions import new_version
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier

@@ -8,7 +8,9 @@ the whole batch). The lead is over when that call is:
 * its update (the coalescer resolves the flight; not seen here);
 * its frame left the stack: it raised, or returned without an update. A
   watcher thread checks every ``poll`` seconds (20 ms) while any thread has a
-  lead: the frame still on that thread's stack (``sys._current_frames``), or
+  lead: the frame still running, read from that frame alone (a running frame
+  refuses ``clear()``; no other thread's stack is walked, which on CPython
+  3.11 can crash the process: ``sys._current_frames`` + ``f_back``), or
   for a task whose coroutine looked up from an inner coroutine, that coroutine
   still in the task's await chain (checked in the task's own loop, where the
   task is suspended and the chain exact);
@@ -19,6 +21,11 @@ the whole batch). The lead is over when that call is:
   from anywhere once the earlier frame is gone. So code that only looks never
   holds more than one lead per thread or task.
 
+A stream's lead is held instead (:class:`HeldOwner`, taken with
+:func:`leading_as` around its lookup): a generator is off the stack between
+chunks, so its lead ends only when the stream says so (stored, failed,
+closed), and it is not filed here.
+
 The registry is per process, so two caches see each other's leads: a caller
 never waits on a lease its own thread or task holds, whichever cache took it.
 It imports nothing of the project.
@@ -27,22 +34,27 @@ It imports nothing of the project.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import CoroutineType, FrameType, GeneratorType
 from typing import Any
 
 __all__ = [
     "LEADS",
+    "HeldOwner",
     "Lead",
     "Leads",
     "Owner",
     "TaskOwner",
     "ThreadOwner",
+    "leading_as",
     "task_owner",
     "thread_owner",
 ]
@@ -51,7 +63,7 @@ __all__ = [
 _INTERNAL = frozenset(
     {
         __name__,
-        "llmcache.coalesce",
+        "llmcache.coalesce.coalescer",
         "llmcache.tiers",
         "llmcache.engine",
         "llmcache.langchain_adapter",
@@ -76,11 +88,14 @@ class Owner:
         """The thread or task, as the process registry files its leads (None: not filed)."""
         return None
 
-    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
+    def alive(self) -> bool:
         return True
 
     def same(self, other: Owner) -> bool:
         return False
+
+    def led(self, release: Callable[[], None]) -> None:
+        """A flight this owner now leads, and how to end it (only a HeldOwner keeps it)."""
 
 
 class TaskOwner(Owner):
@@ -99,7 +114,7 @@ class TaskOwner(Owner):
     def identity(self) -> Hashable:
         return self.task
 
-    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
+    def alive(self) -> bool:
         # A loop closed under a pending task never runs its done callbacks.
         return not self.task.done() and not self.task.get_loop().is_closed()
 
@@ -121,6 +136,7 @@ class TaskOwner(Owner):
         return True
 
     def same(self, other: Owner) -> bool:
+        other = other.base if isinstance(other, HeldOwner) else other
         return isinstance(other, TaskOwner) and other.task is self.task
 
 
@@ -137,21 +153,92 @@ class ThreadOwner(Owner):
     def identity(self) -> Hashable:
         return ("thread", self.ident)
 
-    def alive(self, frames: dict[int, FrameType] | None = None) -> bool:
-        stack: Any = (sys._current_frames() if frames is None else frames).get(self.ident)
-        while stack is not None:
-            if stack is self.frame:
-                return True
-            if not isinstance(stack, FrameType):
-                # Another thread's stack moved on while this one walked it (the GIL
-                # switched mid-walk) and ``f_back`` read a reused frame: unknown, so
-                # alive for now; the next round looks again.
-                return True
-            stack = stack.f_back
-        return False
+    def alive(self) -> bool:
+        return self.frame is not None and _running(self.frame)
 
     def same(self, other: Owner) -> bool:
+        other = other.base if isinstance(other, HeldOwner) else other
         return isinstance(other, ThreadOwner) and other.ident == self.ident
+
+
+class HeldOwner(Owner):
+    """A lead held by a call that outlives the frame that looked up: a stream.
+
+    A generator is off its thread's stack (and out of its task's await chain)
+    whenever it has yielded a chunk, so a frame's lead would end at the first
+    chunk and followers would call the model again. This lead ends only when
+    its call says so (:meth:`end`: it stored its answer, failed, or was closed);
+    it is not filed with the process's leads, so no other lookup ends it.
+    ``base`` is the thread's or task's own owner: the same thread or task
+    asking again is the same caller (it never waits on itself).
+    """
+
+    polled = True  # followers re-check every ``poll`` seconds whether it ended
+    expires = False
+
+    def __init__(self, base: Owner) -> None:
+        self.base = base
+        self.ended = False
+        self._lock = threading.Lock()
+        self._releases: list[Callable[[], None]] = []
+
+    @classmethod
+    def here(cls, *, in_task: bool) -> HeldOwner:
+        """A held lead for a call made from this thread (or, ``in_task``, this task).
+
+        Its base holds no frame: nothing here ends by a frame, and a frame
+        kept would keep its locals alive as long as the stream.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        task = asyncio.current_task() if in_task and loop is not None else None
+        if task is not None:
+            return cls(TaskOwner(task, None, False))
+        return cls(Owner() if in_task else ThreadOwner(threading.get_ident(), None, False, loop))
+
+    def alive(self) -> bool:
+        return not self.ended
+
+    def same(self, other: Owner) -> bool:
+        return self.base.same(other.base if isinstance(other, HeldOwner) else other)
+
+    def led(self, release: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.ended:
+                self._releases.append(release)
+                return
+        release()  # it ended while the flight was being made
+
+    def end(self) -> None:
+        """The call is over: the flights it still leads end now (their followers race to lead).
+
+        A flight it stored an answer for ended already; ending it again does nothing.
+        """
+        with self._lock:
+            self.ended = True
+            releases, self._releases = self._releases, []
+        for release in releases:
+            release()
+
+
+#: The owner lookups in a ``leading_as`` block lead as (None: their thread's or task's).
+_HELD: ContextVar[HeldOwner | None] = ContextVar("llmcache_held_owner", default=None)
+
+
+@contextmanager
+def leading_as(owner: HeldOwner) -> Iterator[None]:
+    """Lookups made in this block that lead a key lead it as ``owner`` (a stream's lookup).
+
+    Hold no yield to a consumer inside the block: a context variable set in a
+    generator is seen by whoever iterates it until it is reset.
+    """
+    token = _HELD.set(owner)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
 
 
 def _caller(top: FrameType | None = None) -> tuple[FrameType | None, bool]:
@@ -183,7 +270,10 @@ def _delegates_a_lookup(frame: FrameType) -> bool:
     return frame.f_code.co_name in _LOOKUP_NAMES and "self" in frame.f_locals
 
 
-def thread_owner() -> ThreadOwner:
+def thread_owner() -> Owner:
+    held = _HELD.get()
+    if held is not None:
+        return held
     frame, batch = _caller()
     try:
         loop: Any = asyncio.get_running_loop()
@@ -193,6 +283,9 @@ def thread_owner() -> ThreadOwner:
 
 
 def task_owner() -> Owner:
+    held = _HELD.get()
+    if held is not None:
+        return held
     task = asyncio.current_task()
     if task is None:
         return Owner()
@@ -308,15 +401,13 @@ class Leads:
                 if not leads:
                     self._watcher = None
                     return
-            frames = sys._current_frames()
             loops: dict[asyncio.AbstractEventLoop, list[Lead]] = {}
             for lead in leads:
                 owner = lead.owner
                 if isinstance(owner, TaskOwner):
                     loops.setdefault(owner.task.get_loop(), []).append(lead)
-                elif not owner.alive(frames) if isinstance(owner, ThreadOwner) else lead.gone():
+                elif not owner.alive() if isinstance(owner, ThreadOwner) else lead.gone():
                     lead.release()
-            del frames  # frames hold their locals: let them go before sleeping
             for loop, task_leads in loops.items():
                 self._check_in(loop, task_leads)
             time.sleep(self.poll)
@@ -355,6 +446,32 @@ def _top(task: asyncio.Task[Any]) -> FrameType | None:
 def _leaf(awaited: object) -> bool:
     """A future, or the iterator C futures hand to ``await``: nothing runs inside it."""
     return isinstance(awaited, asyncio.Future) or type(awaited).__name__ == "FutureIter"
+
+
+# Code whose frame belongs to a generator or coroutine object: clear() would close it.
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _running(frame: FrameType) -> bool:
+    """Whether ``frame`` is still running (on some thread's stack), from the frame alone.
+
+    Walking another thread's stack (``sys._current_frames()`` then ``f_back``)
+    reads frames that thread may be pushing or popping at that moment: on
+    CPython 3.11 that has crashed processes (gh-111363; profilers that sample
+    stacks this way, sentry-python and dd-trace-py, hit the same segfaults),
+    and crashed this test suite once. ``clear()`` reads only the frame's own
+    state: a running frame refuses it (RuntimeError), and a returned one is
+    cleared, which drops the locals it still held (its code and line stay for
+    tracebacks). A generator's or coroutine's frame is never cleared (that
+    would close it): unknown, so running; its followers' wait bound still holds.
+    """
+    if frame.f_code.co_flags & _SUSPENDABLE:
+        return True
+    try:
+        frame.clear()
+    except RuntimeError:
+        return True
+    return False
 
 
 def _watched(owner: Owner) -> bool:

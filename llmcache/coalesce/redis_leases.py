@@ -1,6 +1,7 @@
 """Cross-process leases for in-flight coalescing, on a RedisTier's server.
 
-In-process coalescing is ``llmcache.coalesce``; this is its reach across processes.
+In-process coalescing is ``coalesce/coalescer.py``; this is its reach across
+processes, attached by the engine when the widest tier is a Redis server.
 
 * A process's leader of a key (its first local miss) takes
   ``SET <prefix>~lease:<key> <token> NX PX <lease>`` before calling the model.
@@ -11,7 +12,7 @@ In-process coalescing is ``llmcache.coalesce``; this is its reach across process
 * When the leader has written its value - or failed - it deletes the lease if
   it still holds it and publishes the key on ``<prefix>~chan:coalesce``, in one
   script. A failure noticed outside a flow (a done callback, a frame the
-  watcher of ``llmcache.leaders`` found gone within 20 ms) is handed to the
+  watcher of ``coalesce/leaders.py`` found gone within 20 ms) is handed to the
   keeper thread, which lets go at once (its queue wakes it), never in an event
   loop. A lead ended by its own thread's or task's next lookup is let go in
   that lookup's flow, before it asks for a lease of its own.
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
 from llmcache.backends.redis_subscriber import subscribe_until
-from llmcache.coalesce import COALESCED, NOTIFIED, Flight, Outcome, Wait
+from llmcache.coalesce.coalescer import COALESCED, NOTIFIED, Flight, Outcome, Wait
 from llmcache.errors import TierError
 from llmcache.serialization import Record
 from llmcache.stats import Counters
@@ -49,7 +50,7 @@ from llmcache.tiers import Flow, Get, Hit, Layers
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier
-    from llmcache.coalesce import Coalescer
+    from llmcache.coalesce.coalescer import Coalescer
 
 __all__ = ["RedisLeases"]
 
@@ -223,9 +224,9 @@ class RedisLeases:
     # -- the lease: sync and async ------------------------------------------------------
     #
     # Lease traffic reads the tier's circuit breakers (a server known to be down is
-    # not asked) but never moves them: the tier's own read that precedes every
-    # lease keeps them accurate, and a failure of lease traffic alone must not shut
-    # the cache's reads and writes out.
+    # not asked, nor for a lease one whose last round trip failed) but never moves
+    # them: the tier's own read that precedes every lease keeps them accurate, and a
+    # failure of lease traffic alone must not shut the cache's reads and writes out.
 
     def acquire(self, key: str, token: str) -> bool:
         self._start()
@@ -246,19 +247,24 @@ class RedisLeases:
         await self._aexecute(rkey, "lease release", "eval", _FINISH, 1, rkey, token,
                              self.channel, key)  # fmt: skip
 
-    def _refuse_if_down(self, rkey: str) -> None:
-        if self._tier._breaker(self._tier._node(rkey)).state == "open":
-            raise TierError(f"{self._tier.name}: circuit breaker open, no lease asked")
+    def _refuse_if_down(self, rkey: str, what: str) -> None:
+        breaker = self._tier._breaker(self._tier._node(rkey))
+        if breaker.state == "open":
+            raise TierError(f"{self._tier.name}: circuit breaker open, no {what} asked")
+        if what == "lease" and breaker.failing:
+            # The lookup's read there just failed: a lease after it would wait out a
+            # timeout of its own, serially (issue 14). A release is still tried.
+            raise TierError(f"{self._tier.name}: last read failed, no lease asked")
 
     def _execute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
-        self._refuse_if_down(rkey)
+        self._refuse_if_down(rkey, what)
         try:
             return getattr(self._tier._client(), command)(*args, **kwargs)
         except Exception as exc:
             raise TierError(f"{self._tier.name}: {what} failed ({exc!r})") from exc
 
     async def _aexecute(self, rkey: str, what: str, command: str, *args: Any, **kwargs: Any) -> Any:
-        self._refuse_if_down(rkey)
+        self._refuse_if_down(rkey, what)
         try:
             loop_client = await self._async_clients.get()
             client, lock = loop_client.client, loop_client.lock

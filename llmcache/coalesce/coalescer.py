@@ -7,7 +7,7 @@ All of it happens inside ``BaseCache``: a miss is where a call starts, its
 update is where it ends. The registry is keyed by storage key.
 
 A leader that never updates must not strand its followers, nor anyone else.
-Who leads, and when that is over, is ``llmcache.leaders``: a lead belongs to a
+Who leads, and when that is over, is ``llmcache.coalesce.leaders``: a lead belongs to a
 call (its thread or task, and the frame that looked up), filed in one registry
 per process. It ends at the update; at the task's end (a done callback); within
 ``poll`` (20 ms) of the frame leaving its thread's stack or its task's await
@@ -30,7 +30,8 @@ records the leader's snapshot) and is still handed to the followers that had
 joined; a caller that misses after the invalidation does not join.
 
 Across processes, with a Redis L2, this process's leader also takes a lease
-in Redis, or waits for the process that holds it: ``backends/redis_lease.py``.
+in Redis, or waits for the process that holds it: ``coalesce/redis_leases.py``,
+which the engine attaches (this module never imports it).
 """
 
 from __future__ import annotations
@@ -43,19 +44,25 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
+from llmcache.coalesce.leaders import (
+    LEADS,
+    HeldOwner,
+    Lead,
+    Owner,
+    TaskOwner,
+    ThreadOwner,
+    task_owner,
+    thread_owner,
+)
 from llmcache.errors import ConfigurationError
-from llmcache.leaders import LEADS, Lead, Owner, TaskOwner, ThreadOwner, task_owner, thread_owner
 from llmcache.serialization import Record
 from llmcache.stats import Counters
-from llmcache.tiers import Flow, Hit, Layers, Tier
-
-if TYPE_CHECKING:
-    from llmcache.backends.redis_lease import RedisLeases
+from llmcache.tiers import Flow, Hit, Layers
 
 __all__ = [
     "COALESCED",
@@ -63,9 +70,9 @@ __all__ = [
     "Flight",
     "Joined",
     "Outcome",
+    "RemoteLeases",
     "Wait",
     "WaitBound",
-    "remote_leases",
 ]
 
 #: The tier named by a hit that a leader handed over in this process.
@@ -157,6 +164,8 @@ def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: A
 
 def _blocks_its_leader(follower: Owner, leader: Owner) -> bool:
     """A blocking wait in the thread of the leader's own event loop would freeze the leader."""
+    follower = follower.base if isinstance(follower, HeldOwner) else follower
+    leader = leader.base if isinstance(leader, HeldOwner) else leader
     return (
         isinstance(follower, ThreadOwner)
         and follower.loop is not None
@@ -178,12 +187,38 @@ class Flight:
     token: str | None = None  # the Redis lease this process holds for the key
 
 
+class RemoteLeases(Protocol):
+    """Coalescing's reach across processes (``coalesce.redis_leases``), as the coalescer uses it.
+
+    A protocol, so that this module never imports its Redis side: the engine
+    attaches one when the widest tier is a Redis server.
+    """
+
+    counters: Counters
+    tick: Callable[[], list[tuple[str, str]]] | None
+
+    def attach(self, layers: Layers) -> None: ...
+    def lead_flow(
+        self,
+        coalescer: Coalescer,
+        flight: Flight,
+        deadline: float,
+        reread: Callable[[], Flow[tuple[Hit | None, Any]]],
+    ) -> Flow[Hit | None]: ...
+    def finish_flow(self, index: int, key: str, token: str) -> Flow[None]: ...
+    def finish(self, key: str, token: str) -> None: ...
+    async def afinish(self, key: str, token: str) -> None: ...
+    def release_later(self, key: str, token: str) -> None: ...
+    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
 # -- the operations (waiting is I/O-like: the drivers block or await) -----------------
 
 #: What a join answers: the leases of the caller's own leads it ended (for the caller to
 #: let go of before asking for one), and to lead (the flight, True), follow (the flight,
 #: False), a value handed over just now (a Hit), or neither (None).
-Joined = tuple[list[tuple["RedisLeases", str, str]], "tuple[Flight, bool] | Hit | None"]
+Joined = tuple[list[tuple["RemoteLeases", str, str]], "tuple[Flight, bool] | Hit | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +266,7 @@ class Coalescer:
         wait: WaitBound = 30.0,
         lease: float = 10.0,
         poll: float = 0.02,
-        remote: RedisLeases | None = None,
+        remote: RemoteLeases | None = None,
         clock: Callable[[], float] = time.monotonic,
         recent: int = 256,
     ) -> None:
@@ -379,31 +414,37 @@ class Coalescer:
     def _join(
         self, key: str, snapshot: Mapping[str, int], mark: int, owner: Owner
     ) -> tuple[Flight, bool] | Hit | None:
+        made = False  # whether this join made a new flight
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None and flight.owner.same(owner):
                 # It asks again, so its earlier attempt ended without an update: lead on.
-                if flight.owner is not owner:
-                    flight.owner = owner
-                    self._file(flight)
-                return flight, True
-            if flight is not None and self._gone(flight):
-                self._release_locked(flight, RETRY)
-                flight = None
-            if flight is not None:
-                if flight.snapshot != snapshot or _blocks_its_leader(owner, flight.owner):
-                    return None
-                flight.followers += 1
-                return flight, False
-            held = self._recent.get(key)
-            if held is not None and held[0] > mark and held[1] == snapshot:
-                self.counters.add("coalesced")
-                return Hit(held[2], COALESCED, parsed=False)
-            flight = self._flights[key] = Flight(key, snapshot, owner, self.clock())
-            self._file(flight)
-            if len(self._flights) > self._sweep_at:
-                self._sweep_locked()
-        if isinstance(owner, TaskOwner):
+                if flight.owner is owner:
+                    return flight, True
+                flight.owner = owner
+                self._file(flight)
+            else:
+                if flight is not None and self._gone(flight):
+                    self._release_locked(flight, RETRY)
+                    flight = None
+                if flight is not None:
+                    if flight.snapshot != snapshot or _blocks_its_leader(owner, flight.owner):
+                        return None
+                    flight.followers += 1
+                    return flight, False
+                held = self._recent.get(key)
+                if held is not None and held[0] > mark and held[1] == snapshot:
+                    self.counters.add("coalesced")
+                    return Hit(held[2], COALESCED, parsed=False)
+                flight = self._flights[key] = Flight(key, snapshot, owner, self.clock())
+                made = True
+                self._file(flight)
+                if len(self._flights) > self._sweep_at:
+                    self._sweep_locked()
+        # Outside the lock: a held owner that has ended releases the flight at once.
+        if isinstance(owner, HeldOwner):
+            owner.led(partial(self._release_led, flight, owner))
+        elif made and isinstance(owner, TaskOwner):
             owner.task.add_done_callback(partial(self.release, flight, RETRY))
         return flight, True
 
@@ -429,7 +470,13 @@ class Coalescer:
         with self._lock:
             self._release_locked(flight, signal)
 
-    def abandon(self, flight: Flight) -> tuple[RedisLeases, str, str] | None:
+    def _release_led(self, flight: Flight, owner: Owner) -> None:
+        """A held lead's call ended: release its flight if it still leads it (not taken over)."""
+        with self._lock:
+            if flight.owner is owner:
+                self._release_locked(flight, RETRY)
+
+    def abandon(self, flight: Flight) -> tuple[RemoteLeases, str, str] | None:
         """End the flight, its leader asking for something else; its lease for the caller to end."""
         with self._lock:
             ended = self._release_locked(flight, RETRY, later=False)
@@ -507,13 +554,3 @@ def _close_at_exit(ref: weakref.ref[Coalescer], pid: int) -> None:
     coalescer = ref()
     if coalescer is not None and os.getpid() == pid:
         coalescer.close()
-
-
-def remote_leases(tiers: Sequence[Tier], lease: float) -> RedisLeases | None:
-    """Leases on the first Redis tier from the bottom, if there is one."""
-    for tier in reversed(tiers):
-        if type(tier).__name__ == "RedisTier":  # no import: redis is an optional extra
-            from llmcache.backends.redis_lease import RedisLeases
-
-            return RedisLeases(tier, lease=lease)  # type: ignore[arg-type]
-    return None

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from llmcache.invalidation import _LocalOnly, new_version
+from llmcache.invalidation.versions import _LocalOnly, new_version
 
 __all__ = ["DiskVersions"]
 
