@@ -20,6 +20,9 @@ on every contender alike; ratios are medians of per-round ratios.
   ``RedisCache`` (a valkey started from pip), with ``InMemoryCache`` beside
   them as the ceiling: the same ``batch`` with no lookup worth the name.
 
+With the ``entries`` part, a plot of bytes per entry and first-hit latency
+against the number of entries is drawn beside the tables (``scale.png``).
+
     python benchmarks/scale.py                    # everything, full: benchmarks/results/scale.*
     python benchmarks/scale.py --part entries     # one part
     python benchmarks/scale.py --quick            # a smoke run for CI
@@ -87,7 +90,7 @@ def _cache(name: str, directory: Path, *, entries: int = 10_000, url: str = "") 
         # Room for every entry: this measures cost per entry, not eviction.
         return TieredCache(l1=MemoryTier(max_entries=entries + 1, max_bytes=1 << 40), l2=None)
     if name == TIERED_DISK:
-        return TieredCache(l2=DiskTier(directory / "disk"))
+        return TieredCache(l2=_disk(directory))
     if name == TIERED_REDIS:
         return TieredCache(l1=None, l2=url, secret=None)
     if name == REDIS_LC:
@@ -99,6 +102,12 @@ def _cache(name: str, directory: Path, *, entries: int = 10_000, url: str = "") 
 
         return RedisCache(redis.Redis.from_url(url))
     raise SystemExit(f"unknown contender {name!r}")
+
+
+def _disk(directory: Path) -> DiskTier:
+    # Room for every entry (the default 1 GiB holds about 400k of these
+    # answers, then culls): this measures cost per entry, not eviction.
+    return DiskTier(directory / "disk", size_limit=1 << 40)
 
 
 def _model(cache: BaseCache, base_url: str) -> ChatOpenAI:
@@ -235,7 +244,7 @@ def _entries_worker(spec: dict[str, Any]) -> None:
     for i, prompt in enumerate(prompts):
         cache.update(prompt, llm_string, answer(i))
     if name == TIERED_DISK:
-        cache = TieredCache(l2=DiskTier(directory / "disk"))  # a fresh process's view: L1 empty
+        cache = TieredCache(l2=_disk(directory))  # a fresh process's view: L1 empty
     gc.collect()
     held = _rss() - before
     rng = random.Random(spec["seed"])
@@ -542,6 +551,45 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Cost against size: per-entry memory and first-hit latency against entries (matplotlib).
+
+    False when there is no ``entries`` part to draw.
+    """
+    if "entries" not in report:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    by_name: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for label, row in report["entries"]["by_size"].items():
+        name, entries = label.rsplit(" @ ", 1)
+        by_name.setdefault(name, []).append((int(entries), row))
+    fig, (memory, latency) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, rows in by_name.items():
+        rows.sort(key=lambda item: item[0])
+        sizes = [entries for entries, _ in rows]
+        memory.plot(sizes, [row["bytes_per_entry"] for _, row in rows], marker="o", label=name)
+        latency.plot(
+            sizes, [row["first_hits"]["median_us"] for _, row in rows], marker="o", label=name
+        )
+    for ax, title in ((memory, "RSS bytes per entry"), (latency, "first hit, median µs")):
+        ax.set_xscale("log")
+        ax.set_xlabel("entries")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    latency.set_yscale("log")
+    memory.legend(fontsize=8)
+    fig.suptitle(f"How cost grows ({report['mode']} run, {report['date']})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (CI)")
@@ -575,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             report["redis"] = part_redis(args, root, sim.base_url)
     name = "scale" if args.part == "all" else f"scale_{args.part}"
     write_results(args.out, name, quick=args.quick, report=report, text=markdown(report))
+    plot(report, args.out / f"{name}{'-quick' if args.quick else ''}.png")
     return 0
 
 

@@ -33,7 +33,7 @@ from llmcache.invalidation import (
 )
 from llmcache.invalidation.disk import DiskVersions
 from llmcache.keys import validate_namespace
-from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record, Signer
+from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Encoded, Record, Signer
 from llmcache.stats import CacheStats, Counters
 from llmcache.tiers import Flow, Hit, Layers, Needs, Tier
 
@@ -149,6 +149,10 @@ class Engine:
     def peek(self, key: str) -> Record | None:
         """The record memory holds for ``key``, current and unexpired, or None."""
         return self.layers.peek(key, self.namespace)
+
+    def peek_encoded(self, key: str) -> Encoded | None:
+        """What :meth:`peek` reads, before a record is made of it (see ``Layers.peek_encoded``)."""
+        return self.layers.peek_encoded(key, self.namespace)
 
     def wait_bound(self, prompt: str, llm_string: str) -> float:
         """How long a follower of this call may wait for its leader (0: it will not)."""

@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -35,9 +36,11 @@ from llmcache.pricing import answer_cost
 
 __all__ = [
     "Template",
+    "build_owned",
     "compile_template",
     "dump_generations",
     "load_generations",
+    "usage",
     "usage_cost",
     "usage_tokens",
 ]
@@ -46,6 +49,9 @@ _GENERATIONS: dict[str, type[Generation]] = {
     cls.__name__: cls for cls in (Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk)
 }
 _MESSAGES: dict[str, type[BaseMessage]] = {cls.__name__: cls for cls in (AIMessage, AIMessageChunk)}
+_CHAT_GENERATIONS = frozenset(
+    cls for cls in _GENERATIONS.values() if issubclass(cls, ChatGeneration)
+)
 _Model = TypeVar("_Model", bound=BaseModel)
 _FIELDS: dict[type[BaseModel], frozenset[str]] = {
     cls: frozenset(cls.model_fields) for cls in (*_GENERATIONS.values(), *_MESSAGES.values())
@@ -169,22 +175,58 @@ class Template:
                 raise SerializationError("a single-use template was built twice")
             else:
                 info, message_fields = part.copy_info(), part.copy_fields()
-            fields = {"text": part.text, "generation_info": info}
-            message_cls = part.message_cls
-            if message_cls is not None:
-                # Every hit is a new message: LangChain and its tracers key on message ids.
-                message_fields["id"] = _fresh_id()
-                message_fields["type"] = _TYPE_DEFAULTS[message_cls]
-                fields["message"] = _build(message_cls, message_fields, part.message_complete)
-            cls = part.generation_cls
-            fields["type"] = _TYPE_DEFAULTS[cls]
-            generations.append(_build(cls, fields, _GENERATION_COMPLETE[cls]))
+            generations.append(
+                _make(
+                    part.generation_cls,
+                    part.text,
+                    info,
+                    part.message_cls,
+                    message_fields,
+                    part.message_complete,
+                )
+            )
         return generations
+
+
+def _make(
+    cls: type[Generation],
+    text: str,
+    info: Any,
+    message_cls: type[BaseMessage] | None,
+    message_fields: Any,
+    message_complete: bool,
+) -> Generation:
+    """One generation (and its message) around checked containers it may keep."""
+    fields = {"text": text, "generation_info": info}
+    if message_cls is not None:
+        # Every hit is a new message: LangChain and its tracers key on message ids.
+        message_fields["id"] = _fresh_id()
+        message_fields["type"] = _TYPE_DEFAULTS[message_cls]
+        fields["message"] = _build(message_cls, message_fields, message_complete)
+    fields["type"] = _TYPE_DEFAULTS[cls]
+    return _build(cls, fields, _GENERATION_COMPLETE[cls])
 
 
 def load_generations(payload: Any) -> list[Generation]:
     """Fresh generation objects from a stored payload, each message with a new id."""
     return compile_template(payload, owned=False).build()
+
+
+def build_owned(payload: Any) -> tuple[list[Generation], int, int]:
+    """Generations made of ``payload``'s own containers, with its tokens and cost.
+
+    For a payload nobody else holds (parsed for this one read): the checks of
+    :func:`compile_template`, with no template, copy or hand-off, so a read
+    of bytes kept in memory costs a parse and this. Raises SerializationError.
+    """
+    if type(payload) is not list or not payload:
+        raise SerializationError("stored generations are not a non-empty list")
+    tokens, nanos = usage(payload)
+    generations = []
+    for item in payload:
+        cls, text, info, message_cls, fields, complete = _checked(item)
+        generations.append(_make(cls, text, info, message_cls, fields, complete))
+    return generations, tokens, nanos
 
 
 def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Template:
@@ -197,8 +239,7 @@ def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Tem
     """
     if not isinstance(payload, list) or not payload:
         raise SerializationError("stored generations are not a non-empty list")
-    tokens = usage_tokens(payload)
-    nanos = usage_cost(payload) if tokens else 0
+    tokens, nanos = usage(payload)
     try:
         parts = [_compile_one(item, reusable=reusable or not owned) for item in payload]
     except RecursionError as exc:  # JSON nested deeper than we copy
@@ -210,28 +251,38 @@ def compile_template(payload: Any, *, owned: bool, reusable: bool = True) -> Tem
 
 
 def _compile_one(item: Any, *, reusable: bool) -> _Part:
-    if not isinstance(item, dict):
+    cls, text, info, message_cls, fields, complete = _checked(item)
+    if not reusable:
+        return _Part(cls, text, None, None, message_cls, complete, fresh=(info, fields))
+    return _Part(
+        cls, text, _copier(info), _copier(fields), message_cls, complete, fresh=(info, fields)
+    )
+
+
+def _checked(
+    item: Any,
+) -> tuple[type[Generation], str, Any, type[BaseMessage] | None, Any, bool]:
+    """One stored generation checked against the allowlist: its class, text, info,
+    message class and fields, and whether those fields are all the class declares."""
+    if type(item) is not dict:
         raise SerializationError("stored generation is not an object")
     kind = item.get("type")
     # Looked up only when a string: a list or dict there is unhashable (a TypeError).
     cls = _GENERATIONS.get(kind) if type(kind) is str else None
     text = item.get("text")
     info = item.get("info")
+    # isinstance: an unparsed payload (a coalesced leader's) may hold str and dict subclasses.
     if cls is None or not isinstance(text, str) or not isinstance(info, (dict, type(None))):
         raise SerializationError(f"not an allowed generation: {item.get('type')!r}")
     message_cls, fields, complete = (None, None, False)
-    if issubclass(cls, ChatGeneration):
+    if cls in _CHAT_GENERATIONS:
         message_cls, fields = _compile_message(item.get("message"))
         text = _shared_text(text, fields)  # parsed from JSON, they are two objects
         # The schema check let through only declared fields other than type; with
         # id and type added, the count tells whether every declared one is there.
         added = 1 + ("id" not in fields)
         complete = len(fields) + added == len(_FIELDS[message_cls])
-    if not reusable:
-        return _Part(cls, text, None, None, message_cls, complete, fresh=(info, fields))
-    return _Part(
-        cls, text, _copier(info), _copier(fields), message_cls, complete, fresh=(info, fields)
-    )
+    return cls, text, info, message_cls, fields, complete
 
 
 _IMMUTABLE_JSON = frozenset({str, int, float, bool, type(None)})
@@ -291,11 +342,11 @@ def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:
     if cls is None or not isinstance(fields, dict):
         raise SerializationError(f"message class not allowed: {stored.get('type')!r}")
     schema = _MESSAGE_SCHEMAS[cls.__name__]
-    if not fields.keys() <= schema.keys():
-        unknown = sorted(fields.keys() - schema.keys())
-        raise SerializationError(f"unknown message field: {unknown[0]!r}")
     for name, value in fields.items():
-        if type(value) not in schema[name]:
+        allowed = schema.get(name)
+        if allowed is None:
+            raise SerializationError(f"unknown message field: {name!r}")
+        if type(value) not in allowed:
             raise SerializationError(f"message field {name!r} has type {type(value).__name__}")
     for name in _CALL_LISTS:
         calls = fields.get(name)
@@ -360,6 +411,41 @@ class _Ids:
 _ids = _Ids()
 if hasattr(os, "register_at_fork"):  # a forked child must not repeat the parent's ids
     os.register_at_fork(after_in_child=_ids.reset)
+
+
+def usage(payload: Any) -> tuple[int, int]:
+    """(:func:`usage_tokens`, :func:`usage_cost`) of a stored payload, in one read of it."""
+    try:
+        fields = payload[0]["message"]["fields"]
+        usage = fields.get("usage_metadata") or {}
+        total = usage.get("total_tokens", 0)
+    except (LookupError, TypeError, AttributeError):
+        return 0, 0
+    if not (isinstance(total, int) and total > 0):
+        return 0, 0
+    metadata = fields.get("response_metadata") or {}
+    model = metadata.get("model_name") or metadata.get("model") if type(metadata) is dict else None
+    details = usage.get("input_token_details")
+    cached = details.get("cache_read") if type(details) is dict else None
+    try:
+        # Most answers of a process share a handful of models and token counts.
+        nanos = _cost(
+            model if type(model) is str else None,
+            usage.get("input_tokens"),
+            usage.get("output_tokens"),
+            cached,
+        )
+    except TypeError:  # a count that is not hashable (a list): priced without the memo
+        nanos = answer_cost(usage, model if isinstance(model, str) else None)
+    return total, nanos
+
+
+@lru_cache(maxsize=4096)
+def _cost(model: str | None, input_tokens: Any, output_tokens: Any, cached: Any) -> int:
+    usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+    if cached is not None:
+        usage["input_token_details"] = {"cache_read": cached}
+    return answer_cost(usage, model)
 
 
 def usage_tokens(payload: Any) -> int:

@@ -136,14 +136,34 @@ class KeyMemo:
 
 
 def cache_key(namespace: str, prompt: str, llm_string: str) -> str:
-    """The storage key for one (prompt, llm_string) pair in ``namespace``."""
-    material = json.dumps(
-        [KEY_SCHEMA_VERSION, namespace, canonical_llm_string(llm_string), canonical_prompt(prompt)],
+    """The storage key for one (prompt, llm_string) pair in ``namespace``.
+
+    The digest is SHA-256 of ``json.dumps([KEY_SCHEMA_VERSION, namespace,
+    canonical llm_string, canonical prompt], ensure_ascii=False,
+    separators=(",", ":"))`` in UTF-8. That text is its first three items'
+    part, the same for every prompt to one model, then the prompt's JSON
+    string and "]": the hash of the first part is computed once per
+    (namespace, llm_string) and copied, so a key hashes only its prompt.
+    """
+    hasher = _prefix_hash(namespace, llm_string).copy()
+    hasher.update(_json_string(canonical_prompt(prompt)).encode("utf-8", "surrogatepass"))
+    hasher.update(b"]")
+    return f"{namespace}:{hasher.hexdigest()}"
+
+
+# json.dumps of a str with ensure_ascii=False is exactly this (the C encoder).
+_json_string = json.encoder.encode_basestring
+
+
+@lru_cache(maxsize=256)
+def _prefix_hash(namespace: str, llm_string: str) -> Any:
+    """SHA-256 fed the key material before the prompt (see :func:`cache_key`)."""
+    head = json.dumps(
+        [KEY_SCHEMA_VERSION, namespace, canonical_llm_string(llm_string)],
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    digest = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{namespace}:{digest}"
+    return hashlib.sha256((head[:-1] + ",").encode("utf-8", "surrogatepass"))
 
 
 def canonical_prompt(prompt: str) -> str:

@@ -22,7 +22,8 @@ from llmcache.config import DEFAULT, Default, default_directory
 from llmcache.engine import dependency_names
 from llmcache.errors import SerializationError
 from llmcache.face import UNSIGNED_SHARED_WARNING, EngineFace
-from llmcache.generations import compile_template, dump_generations
+from llmcache.generations import build_owned, compile_template, dump_generations
+from llmcache.hot_templates import HotTemplates
 from llmcache.invalidation import DependencyRules, VersionStore
 from llmcache.keys import KeyMemo
 from llmcache.memoize import Memoizing
@@ -95,6 +96,7 @@ class TieredCache(EngineFace, Memoizing, BaseCache):
         )
         self._rules = dependencies
         self._keys = KeyMemo()
+        self._hot = HotTemplates()
         self._semantic = semantic
         if semantic is not None:
             # Consulted only after the exact tiers miss; its entries point at exact entries.
@@ -133,6 +135,7 @@ class TieredCache(EngineFace, Memoizing, BaseCache):
         await self._engine.arun(self._clear_flow())
 
     def _clear_flow(self) -> Flow[None]:
+        self._hot.clear()  # not needed for correctness (a new entry is a new version): frees
         yield from self._engine.clear_flow()
         if self._semantic is not None:
             yield from self._semantic.clear_flow(self.namespace)
@@ -168,9 +171,16 @@ class TieredCache(EngineFace, Memoizing, BaseCache):
         if dependencies is None:
             self._engine.counters.add("misses")
             return None, None
-        record = self._engine.peek(key)
-        if record is not None:
-            return self._answer(record, owned=False, retained=True), None
+        raw = self._engine.peek_encoded(key)
+        if raw is not None:
+            # An answer read again and again: its template, kept beside the entry.
+            template = self._hot.get(key, raw.state.derived)
+            if template is not None:
+                self._engine.counters.add_hit(template.tokens, template.nanos)
+                return template.build(), None
+            # Parsed from memory's bytes for this read (private), or memory's own.
+            record = raw.record
+            return self._answer(record, owned=record.private, retained=True, key=key), None
         return None, self._lookup_flow(key, dependencies, prompt, llm_string)
 
     def _lookup_flow(
@@ -188,7 +198,7 @@ class TieredCache(EngineFace, Memoizing, BaseCache):
         hit = yield from engine.settle_flow(read, engine.wait_bound(prompt, llm_string))
         if hit is None:
             return None
-        return self._answer(hit.record, owned=hit.parsed, retained=hit.retained)
+        return self._answer(hit.record, owned=hit.parsed, retained=hit.retained, key=key)
 
     def _update_flow(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> Flow[int]:
         dependencies = self._dependencies(prompt, llm_string)
@@ -233,13 +243,25 @@ class TieredCache(EngineFace, Memoizing, BaseCache):
             return None
         return self._engine.dependencies(derived)
 
-    def _answer(self, record: Record, *, owned: bool, retained: bool) -> RETURN_VAL_TYPE | None:
+    def _answer(
+        self, record: Record, *, owned: bool, retained: bool, key: str | None = None
+    ) -> RETURN_VAL_TYPE | None:
         """Fresh generations built from a hit's record (None, a miss, if it cannot be).
 
         ``owned``: nobody else holds the record's payload yet (just parsed);
         ``retained``: the record lives on in this process, so its compiled
-        template is kept with it for the next hit.
+        template is kept with it for the next hit. Any other record (one
+        parsed for this read, from memory's bytes or a lower tier's) keeps
+        nothing with it: the template of an answer read again and again from
+        memory is kept in ``_hot``, by ``key``, instead. (A record parsed from
+        a lower tier's bytes is not filed there: memory, if it took the
+        entry, is read next time, and without memory its next read is
+        another parse, another ``derived``, which no kept template matches.)
         """
+        if record.private:
+            return self._answer_unkept(record, owned=owned, key=key)
+        if not retained:
+            return self._answer_unkept(record, owned=owned, key=None)
         derived = record.derived
         template = derived.get("generations")
         if template is None:
@@ -261,6 +283,40 @@ class TieredCache(EngineFace, Memoizing, BaseCache):
                 record.payload = None
         self._engine.counters.add_hit(template.tokens, template.nanos)
         return template.build()
+
+    def _answer_unkept(
+        self, record: Record, *, owned: bool, key: str | None
+    ) -> RETURN_VAL_TYPE | None:
+        """Generations of a record nothing keeps: parsed for this read.
+
+        A memory entry holds its bytes alone (``serialization.Encoded``),
+        and shares ``derived`` with the record read from them: a first read
+        builds from what it parsed and keeps nothing; a second one within
+        the window compiles a template into ``_hot`` (not with no ``key``),
+        which serves the reads after it. ``owned`` is False only when the
+        read was handed to other callers too (coalesced followers): then
+        each copies.
+        """
+        hot = self._hot
+        template = None if key is None else hot.get(key, record.derived)
+        try:
+            if template is None and key is not None and hot.admit(key):
+                payload = record.payload
+                template = compile_template(payload, owned=owned, reusable=True)
+                hot.put(key, record.derived, template, payload)
+            if template is not None:  # the payload is not even parsed
+                generations, tokens, nanos = template.build(), template.tokens, template.nanos
+            elif owned:
+                generations, tokens, nanos = build_owned(record.payload)
+            else:
+                template = compile_template(record.payload, owned=False, reusable=False)
+                generations, tokens, nanos = template.build(), template.tokens, template.nanos
+        except SerializationError as exc:
+            self._engine.counters.failure("errors", "decode generations", exc)
+            self._engine.counters.add("misses")
+            return None
+        self._engine.counters.add_hit(tokens, nanos)
+        return generations
 
 
 def _record_text(record: Record) -> str | None:

@@ -79,7 +79,8 @@ def lookup(
     """
     record = engine.peek(key)
     if record is not None:  # a record that holds no value is a counted miss, as in TieredCache
-        return _value(engine, record, owned=False), None
+        # Private: its payload was parsed from memory's bytes for this read alone.
+        return _value(engine, record, owned=record.private), None
     return MISS, _lookup_flow(engine, key, dependencies, wait)
 
 

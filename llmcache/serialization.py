@@ -39,7 +39,8 @@ import os
 import re
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -89,20 +90,49 @@ _CRC_SIZE = 4
 _MIN_SECRET = 16
 
 
-@dataclass(slots=True)
 class Record:
     """What one cache entry holds, once its bytes are verified and parsed.
 
     Treat it as read-only but for ``derived`` (it is not frozen only because a
-    frozen dataclass costs three times as much to build, once per disk hit).
+    frozen record costs three times as much to build, once per disk hit).
+    Not a dataclass: ``payload`` may be parsed on first use (see
+    :attr:`Encoded.record`), so that a read answered without it (a template
+    kept for a hot answer) never parses it.
     """
 
-    payload: Any
-    expires_at: float | None = None
-    dependencies: Mapping[str, int] = field(default_factory=dict)
-    #: Views derived from the payload by a reader (a compiled template), kept
-    #: with the record while it lives in this process; never stored.
-    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    __slots__ = ("_payload", "_source", "dependencies", "derived", "expires_at", "private")
+
+    def __init__(
+        self,
+        payload: Any,
+        expires_at: float | None = None,
+        dependencies: Mapping[str, int] | None = None,
+        derived: dict[str, Any] | None = None,
+        *,
+        source: Encoded | None = None,
+    ) -> None:
+        self._payload = payload
+        self._source = source
+        self.expires_at = expires_at
+        self.dependencies: Mapping[str, int] = {} if dependencies is None else dependencies
+        #: Views derived from the payload by a reader (a compiled template), kept
+        #: with the record while it lives in this process; never stored.
+        self.derived: dict[str, Any] = {} if derived is None else derived
+        #: True when ``payload`` is parsed for this one read from bytes kept in
+        #: memory (``source``): nobody else holds it, and nothing derived from
+        #: it should be kept with the record (the bytes are what stays).
+        self.private = source is not None
+
+    @property
+    def payload(self) -> Any:
+        source = self._source
+        if source is not None:  # parsed once, on first use
+            self._payload, self._source = source.parse_payload(), None
+        return self._payload
+
+    @payload.setter
+    def payload(self, value: Any) -> None:
+        self._payload, self._source = value, None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -110,25 +140,90 @@ class Record:
     def remaining_ttl(self, now: float) -> float | None:
         return None if self.expires_at is None else max(self.expires_at - now, 0.0)
 
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Record:
+            return NotImplemented
+        return (self.payload, self.expires_at, self.dependencies) == (
+            other.payload,
+            other.expires_at,
+            other.dependencies,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass would be
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(payload={self.payload!r}, expires_at={self.expires_at!r},"
+            f" dependencies={self.dependencies!r})"
+        )
+
+
+# The dependencies of an entry that has none, shared by every such in-memory entry.
+_NO_DEPENDENCIES: Mapping[str, int] = MappingProxyType({})
+
 
 class Encoded(bytes):
     """Stored bytes that remember, in this process only, the record they encode.
 
     An in-memory tier hands back the very object it was given, so a hit there
-    skips the check and the JSON parse: the record was built (or already
-    verified) by this process. Any other tier stores and returns plain bytes,
-    which are verified and parsed in full.
+    skips the check: the record was built (or already verified) by this
+    process. What is kept beside the bytes is small (``state``: the expiry,
+    the versions and the ``derived`` views, with no payload) and ``record``
+    parses the payload from the bytes again on every read, a private copy
+    (``Record.private``). Holding the parsed payload instead would cost more
+    memory than the bytes themselves, in dicts and lists the garbage collector
+    walks on every full collection, to save a parse that orjson does in about
+    the time a copy of the held payload took. A compressed body keeps its
+    payload (``body`` 0): inflating it on every read would cost more than
+    holding it. Any other tier stores and returns plain bytes, which are
+    verified and parsed in full.
     """
 
-    record: Record
     key: str
+    #: The record without its payload (``body`` > 0), or with it (``body`` 0).
+    state: Record
+    #: Where the JSON body starts in the bytes; 0 when ``state`` holds the payload.
+    body: int
+    #: The body holds integers orjson would round: parsed with the standard library.
+    exact: bool
 
     @classmethod
     def of(cls, data: bytes, *, key: str, record: Record) -> Encoded:
+        """``data`` (verified, or just encoded) remembering ``record`` under ``key``."""
         encoded = cls(data)
-        encoded.record = record
         encoded.key = key
+        flags = data[5]
+        if flags & _COMPRESSED:
+            body = 0
+        elif flags & _SIGNED:
+            body = _HEADER + 1 + data[_HEADER] + _MAC_SIZE
+        else:
+            body = _HEADER + _CRC_SIZE
+        encoded.body = body
+        encoded.exact = bool(flags & _EXACT_INTS)
+        if body:
+            dependencies = record.dependencies or _NO_DEPENDENCIES
+            record = Record(None, record.expires_at, dependencies, record.derived)
+        encoded.state = record
         return encoded
+
+    @property
+    def record(self) -> Record:
+        """The record; unless held, its payload is parsed from the bytes on first use."""
+        state = self.state
+        if not self.body:
+            return state
+        return Record(None, state.expires_at, state.dependencies, state.derived, source=self)
+
+    def parse_payload(self) -> Any:
+        """A new copy of the payload, parsed from these bytes. Raises SerializationError."""
+        body = memoryview(self)[self.body :]
+        try:
+            document = _stdlib_loads(bytes(body)) if self.exact else parse_json(body)
+            return document["p"]
+        except (ValueError, RecursionError, LookupError, TypeError) as exc:
+            # Bytes this process wrote or verified: only a bug could bring us here.
+            raise SerializationError(f"corrupt value body: {exc}") from exc
 
 
 @dataclass(frozen=True, repr=False)
@@ -287,7 +382,7 @@ def _record(document: Any) -> Record:
     return Record(payload=document["p"], expires_at=expires_at, dependencies=dependencies)
 
 
-def parse_json(data: bytes | str) -> Any:
+def parse_json(data: bytes | memoryview | str) -> Any:
     """Strict JSON: orjson on the hit path, the standard library for what it refuses.
 
     orjson rejects a few valid documents (lone surrogate escapes); the fallback
@@ -298,7 +393,7 @@ def parse_json(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return _stdlib_loads(data)
+        return _stdlib_loads(bytes(data) if type(data) is memoryview else data)
 
 
 def _stdlib_loads(data: bytes | str) -> Any:

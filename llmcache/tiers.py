@@ -454,9 +454,18 @@ class Layers:
         driver would double its cost): an in-process top tier holding a record
         this process built or verified, unexpired, and either with no
         dependencies or already found current at this generation of the
-        version store. The record is this process's own: it is not parsed
-        and stays retained. Anything else returns None without counting a
-        miss, and :meth:`get_flow` walks the tiers as usual.
+        version store. Its payload is parsed from the bytes when first read
+        (``serialization.Encoded``). Anything else returns None without
+        counting a miss, and :meth:`get_flow` walks the tiers as usual.
+        """
+        raw = self.peek_encoded(key, namespace)
+        return None if raw is None else raw.record
+
+    def peek_encoded(self, key: str, namespace: str) -> serialization.Encoded | None:
+        """What :meth:`peek` reads, before any record is made of it (counted as a hit).
+
+        For a face that may answer from what it keeps beside the entry (a
+        template, by the entry's ``state.derived``) without even a record.
         """
         if not self._peekable:
             return None
@@ -474,15 +483,15 @@ class Layers:
             counters.observe(time.perf_counter() - start)
         if type(raw) is not serialization.Encoded or raw.key != key:
             return None
-        record = raw.record
-        if record.expires_at is not None and record.expired(self.clock()):
+        state = raw.state  # the expiry and versions, without the payload
+        if state.expires_at is not None and state.expired(self.clock()):
             return None
-        if record.dependencies:
+        if state.dependencies:
             generation = self._generation()
-            if generation is None or record.derived.get("fresh_at") != (namespace, generation):
+            if generation is None or state.derived.get("fresh_at") != (namespace, generation):
                 return None
         counters.add("hits")
-        return record
+        return raw
 
     def get_flow(
         self, key: str, namespace: str = "", dependencies: Collection[str] = ()
@@ -509,8 +518,10 @@ class Layers:
                 counters.add("misses")
                 continue
             now = self.clock()
-            parsed = not (type(raw) is serialization.Encoded and raw.key == key)
-            memo = self.decoded if index == 0 and parsed else None
+            own = type(raw) is serialization.Encoded and raw.key == key
+            # Parsed here: from stored bytes, or for this read from an in-process tier's.
+            parsed = not own or raw.body > 0
+            memo = self.decoded if index == 0 and not own else None
             record = None if memo is None else memo.get(key, raw)
             if record is not None:
                 parsed = False  # decoded from these very bytes before, and kept
@@ -560,8 +571,11 @@ class Layers:
                 for upper in range(index):
                     yield Put(upper, key, promoted, ttl)
                     self._counters[upper].add("writes")
-            # Kept in memory (an in-process tier, the memo), or promoted there.
-            retained = not parsed or index > 0 or memo is not None
+                retained = promoted.state is record  # else the bytes alone are kept
+            else:
+                # Kept in memory: an in-process tier's own record (not a payload
+                # parsed for this read from its bytes), or the memo's.
+                retained = not parsed or memo is not None
             return Hit(record, self.tiers[index].name, parsed, retained), snapshot
         return None, snapshot
 

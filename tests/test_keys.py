@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -12,7 +13,14 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_openai import ChatOpenAI
 
 from llmcache import ConfigurationError, LLMCacheError
-from llmcache.keys import KeyMemo, cache_key, canonical_prompt, validate_namespace
+from llmcache.keys import (
+    KEY_SCHEMA_VERSION,
+    KeyMemo,
+    cache_key,
+    canonical_llm_string,
+    canonical_prompt,
+    validate_namespace,
+)
 
 BASE = "http://127.0.0.1:9/v1"
 
@@ -245,3 +253,24 @@ def test_property_usage_of_earlier_turns_never_matters(
         ]
     )
     assert _key(first, "l") == _key(replay, "l")
+
+
+@given(st.text(), st.text(), st.sampled_from(["default", "ns-2"]))
+def test_property_the_key_hashes_the_documented_material(
+    prompt: str, llm_string: str, namespace: str
+) -> None:
+    # The prefix is hashed once per model and copied (keys.cache_key): the
+    # digest must still be that of the one JSON text, whatever the strings hold
+    # (quotes, escapes, lone surrogates, a ']' or ',' at either side of the join).
+    material = json.dumps(
+        [
+            KEY_SCHEMA_VERSION,
+            namespace,
+            canonical_llm_string(llm_string),
+            canonical_prompt(prompt),
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    digest = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+    assert cache_key(namespace, prompt, llm_string) == f"{namespace}:{digest}"

@@ -27,25 +27,28 @@ __all__ = ["MemoryTier", "entry_size"]
 # Bytes per entry on top of its key and value objects: the OrderedDict node
 # and its hash-table slot, and the (value, expiry, cost) tuple.
 _ENTRY_OVERHEAD = 200
-# What an Encoded's record adds besides its payload: the bytes' instance
-# dict (record, key), the Record with its ``derived`` and dependency dicts,
-# and a reader's compiled view (generations.Template: its parts and copying
-# closures). Fitted with tracemalloc on chat, tool-call and plain answers;
-# tests/test_memory_bound.py holds the whole estimate to what it measures.
-_RECORD_OVERHEAD = 400
+# What an Encoded adds besides its bytes: their instance dict (key, state,
+# body, exact) and the state Record with its ``derived`` dict. Fitted with
+# tracemalloc on chat, tool-call and plain answers; tests/test_memory_bound.py
+# holds the whole estimate to what it measures.
+_RECORD_OVERHEAD = 300
 
 
 def entry_size(key: str, value: bytes) -> int:
-    """The bytes an entry holds in this process: key, stored bytes and decoded record.
+    """The bytes an entry holds in this process: key, stored bytes and what they remember.
 
-    A record's payload is held once, then replaced by the compiled view a hit
-    builds (which keeps a private copy of every container and shares the
-    strings): containers count twice, strings once.
+    An entry whose body is not compressed keeps its bytes and no parsed
+    payload (``serialization.Encoded``). A compressed one also keeps its
+    payload, then the compiled view a hit builds in its place (which keeps a
+    private copy of every container and shares the strings): containers count
+    twice, strings once.
     """
     size = _ENTRY_OVERHEAD + sys.getsizeof(key) + sys.getsizeof(value)
     if type(value) is Encoded:
-        containers, leaves = json_size(value.record.payload)
-        size += _RECORD_OVERHEAD + 2 * containers + leaves
+        size += _RECORD_OVERHEAD
+        if not value.body:
+            containers, leaves = json_size(value.state.payload)
+            size += 2 * containers + leaves
     return size
 
 
