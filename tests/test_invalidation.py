@@ -238,10 +238,11 @@ READER = textwrap.dedent(
     assert cache.lookup("q", "llm") is not None   # now in this process's L1 too
     print("ready", flush=True)
     sys.stdin.readline()                          # the other process invalidates
-    start = time.perf_counter()
+    start, served = time.perf_counter(), 0
     while cache.lookup("q", "llm") is not None:
+        served += 1
         time.sleep(0.0005)
-    print(f"{time.perf_counter() - start:.6f}", flush=True)
+    print(served, f"{time.perf_counter() - start:.6f}", flush=True)
     """
 )
 
@@ -262,14 +263,13 @@ def test_another_process_stops_serving_at_once_on_one_disk(tmp_path: Path) -> No
         cache.invalidate("doc:1")
         reader.stdin.write("go\n")
         reader.stdin.flush()
-        seconds = float(reader.stdout.readline())
+        served, seconds = reader.stdout.readline().split()
         assert reader.wait(timeout=30) == 0
-    print(f"other process stopped serving after {seconds * 1e6:.0f} µs")
-    # The epoch file is checked on every lookup: the very first one after the
-    # bump misses (its loop never sleeps), so the bound is one lookup (a few
-    # hundred µs; 5 ms leaves room for a busy 2-core machine, far below any
-    # polling interval).
-    assert seconds < 0.005
+    print(f"other process stopped serving after {float(seconds) * 1e6:.0f} µs")
+    # The epoch file is checked on every lookup, so the very first lookup after
+    # invalidate() returned misses: not one stale hit, whatever the machine's
+    # load (the time, 0.3-1.2 ms on a quiet machine, is printed, not asserted).
+    assert served == "0"
 
 
 def test_disk_versions_are_made_on_first_read_and_kept_by_a_new_store(tmp_path: Path) -> None:
