@@ -32,6 +32,8 @@ VETOED = [
         "What are the side effects of this medicine for my son?",
     ),
     ("swap", "How long should I boil an egg?", "How long should I boil a potato?"),
+    ("asked", "How long does the ferry take to Skye?", "How much does the ferry cost to Skye?"),
+    ("asked", "Where can I renew my passport?", "When can I renew my passport?"),
     (
         "template",  # one template, three slots filled differently (the workloads' menu job)
         "Menu item: Spicy Ramen\nNotes: house recipe, garlic and ginger\n"
@@ -53,6 +55,7 @@ ALLOWED = [
     ("How do I cancel my gym membership?", "How do I cancle my gym membership?"),
     ("Can I bring 2 bags?", "Can I bring two bags?"),
     ("What's the price for non-residents?", "How much is it if I'm not a resident?"),
+    ("How much does shipping to Ireland cost?", "What is the price of shipping to Ireland?"),
     (  # long and mostly the same words, but only function words differ: one question
         "Could you please tell me what the opening hours of the main library are on a Sunday?",
         "Can you tell me what the opening hours of the main library are on Sunday, please?",
@@ -76,5 +79,5 @@ def test_guard_names_are_distinct() -> None:
     assert (
         sorted(names)
         == sorted(set(names))
-        == ["entities", "negation", "numbers", "quotes", "scope", "swap", "template"]
+        == ["asked", "entities", "negation", "numbers", "quotes", "scope", "swap", "template"]
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -41,7 +42,7 @@ __all__ = [
     "veto",
 ]
 
-GUARDS_VERSION = 2
+GUARDS_VERSION = 3
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’\-+.&/]*[A-Za-z0-9+]|[A-Za-z0-9]")
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$")
@@ -398,6 +399,47 @@ def scope_vetoes(first: str, second: str) -> bool:
     return bool((persons_a ^ persons_b) - {"self", "us"})
 
 
+# What a question asks for. "How long does delivery take?" and "How much is
+# delivery?" share every content word and ask for a duration and an amount.
+# Plain "how" and "what" are left out: rewordings trade them freely ("How do I..."
+# / "What's the way to...").
+_ASKED_ALONE = {
+    "where": "place",
+    "when": "time",
+    "who": "person",
+    "whom": "person",
+    "why": "reason",
+}
+_ASKED_AFTER_HOW = {
+    "long": "duration",
+    "much": "amount",
+    "many": "count",
+    "far": "distance",
+    "often": "frequency",
+    "old": "age",
+    "soon": "time",
+}
+
+
+def asked(text: str) -> frozenset[str]:
+    """The kinds of answer a question asks for (place, time, amount...), from its wh-words."""
+    words = _lower(text)
+    kinds = {_ASKED_ALONE[w] for w in words if w in _ASKED_ALONE}
+    kinds |= {
+        _ASKED_AFTER_HOW[b]
+        for a, b in itertools.pairwise(words)
+        if a == "how" and b in _ASKED_AFTER_HOW
+    }
+    kinds |= {"time" for a, b in itertools.pairwise(words) if a == "what" and b == "time"}
+    return frozenset(kinds)
+
+
+def asked_vetoes(first: str, second: str) -> bool:
+    """Both ask for a kind of answer, and not for the same one: "how long" / "how much"."""
+    a, b = asked(first), asked(second)
+    return bool(a) and bool(b) and not (a & b)
+
+
 def number_vetoes(first: str, second: str) -> bool:
     return numbers(first) != numbers(second)
 
@@ -502,6 +544,7 @@ GUARDS: tuple[Guard, ...] = (
     Guard("scope", scope_vetoes),
     Guard("swap", swap_vetoes),
     Guard("template", template_vetoes),
+    Guard("asked", asked_vetoes),
 )
 
 
