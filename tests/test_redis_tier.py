@@ -53,22 +53,6 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
         yield client
 
 
-@pytest.fixture
-def make_tier(redis_url: str, key_prefix: str) -> Iterator[Callable[..., RedisTier]]:
-    tiers: list[RedisTier] = []
-
-    def make(**kwargs: Any) -> RedisTier:
-        kwargs.setdefault("prefix", key_prefix)
-        tier = RedisTier(redis_url, **kwargs)
-        tiers.append(tier)
-        return tier
-
-    yield make
-    for tier in tiers:
-        tier.close()
-    purge_prefix(redis_url, key_prefix)
-
-
 class TestRedisTier(TierContract):
     @pytest.fixture
     def tier(self, make_tier: Callable[..., RedisTier]) -> RedisTier:
