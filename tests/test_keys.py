@@ -157,6 +157,18 @@ def test_key_memo_agrees_with_the_function_and_stays_bounded() -> None:
     assert len(memo._keys) <= 8
 
 
+def test_key_memo_under_a_stream_of_new_prompts_keeps_exactly_the_newest() -> None:
+    # A big cache's first hits: every prompt is new, so every key evicts the
+    # oldest. The memo must keep the newest max_entries, in order, with its
+    # character count exact (eviction pops the oldest in O(1): benchmarks/scale.py).
+    memo = KeyMemo(max_entries=64)
+    prompts = [f"prompt number {index}" for index in range(10_000)]
+    for prompt in prompts:
+        assert memo.key("ns", prompt, "llm") == cache_key("ns", prompt, "llm")
+    assert [prompt for _, prompt, _ in memo._keys] == prompts[-64:]
+    assert memo._chars == sum(len(p) + len("llm") for p in prompts[-64:])
+
+
 def test_key_memo_keeps_long_conversations_within_a_character_budget() -> None:
     # A 128-message history is ~50 KB: it must be remembered (the old memo
     # refused prompts over 16 K characters, so every lookup re-parsed it), and
