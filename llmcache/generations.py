@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -127,10 +127,10 @@ class _Part:
 
     generation_cls: type[Generation]
     text: str
-    # Each returns a new copy of the generation_info / the message fields.
-    # None: a single-use template, built from ``fresh`` only.
-    copy_info: Callable[[], Any] | None
-    copy_fields: Callable[[], Any] | None
+    # How to make a new copy of the generation_info / the message fields
+    # (see ``_copy_plan``). None: a single-use template, built from ``fresh`` only.
+    copy_info: _Plan | None
+    copy_fields: _Plan | None
     message_cls: type[BaseMessage] | None
     #: The message's fields once ``id`` and ``type`` are added are all its
     #: class declares (else ``model_construct`` fills in the defaults).
@@ -174,7 +174,7 @@ class Template:
             elif part.copy_info is None or part.copy_fields is None:
                 raise SerializationError("a single-use template was built twice")
             else:
-                info, message_fields = part.copy_info(), part.copy_fields()
+                info, message_fields = _copy(part.copy_info), _copy(part.copy_fields)
             generations.append(
                 _make(
                     part.generation_cls,
@@ -255,7 +255,7 @@ def _compile_one(item: Any, *, reusable: bool) -> _Part:
     if not reusable:
         return _Part(cls, text, None, None, message_cls, complete, fresh=(info, fields))
     return _Part(
-        cls, text, _copier(info), _copier(fields), message_cls, complete, fresh=(info, fields)
+        cls, text, _copy_plan(info), _copy_plan(fields), message_cls, complete, fresh=(info, fields)
     )
 
 
@@ -287,18 +287,31 @@ def _checked(
 
 _IMMUTABLE_JSON = frozenset({str, int, float, bool, type(None)})
 
+#: A JSON value ready to be copied again and again: ``(value, None)`` for an
+#: immutable one, else ``(private, nested)``: a private shallow copy of the
+#: container (a dict, or a tuple for a list) holding its immutable items,
+#: with placeholders where containers go, and for each nested container
+#: ``(slot, its private copy, its nested)``.
+_Plan = tuple[Any, tuple[tuple[Any, Any, Any], ...] | None]
 
-def _copier(value: Any) -> Callable[[], Any]:
-    """A function that returns a new copy of the JSON ``value`` on every call.
 
-    ``value`` is copied once, privately, first. Each call then makes every
-    dict and list anew and shares the strings, numbers, booleans and None in
-    them, which are immutable: about 60% of the cost of parsing a JSON copy,
-    and only the containers are new objects. Anything not JSON is refused.
+def _copy_plan(value: Any) -> _Plan:
+    """How to make new copies of the JSON ``value`` (see :func:`_copy`).
+
+    ``value`` is copied once, privately, first, into dicts (of immutable
+    items, which the garbage collector does not track) and tuples, not
+    closures: a kept template holds a third to a half of the tracked objects
+    closures did, and every full collection walks every kept template.
+    Anything not JSON is refused.
     """
     kind = type(value)
     if kind in _IMMUTABLE_JSON:
-        return itertools.repeat(value).__next__
+        return value, None
+    return _private(value)
+
+
+def _private(value: Any) -> tuple[Any, tuple[tuple[Any, Any, Any], ...]]:
+    kind = type(value)
     if kind is dict:
         items = value.items()
     elif kind is list:
@@ -314,23 +327,27 @@ def _copier(value: Any) -> Callable[[], Any]:
             private[slot] = item
         else:
             private[slot] = None  # a placeholder, replaced on every copy
-            nested.append((slot, _copier(item)))
-    if not nested:
-        copy_flat: Callable[[], Any] = private.copy
-        return copy_flat
-    return _nested_copier(private, tuple(nested))
+            nested.append((slot, *_private(item)))
+    return (private if kind is dict else tuple(private)), tuple(nested)
 
 
-def _nested_copier(
-    private: Any, nested: tuple[tuple[Any, Callable[[], Any]], ...]
-) -> Callable[[], Any]:
-    def copy() -> Any:
-        new = private.copy()
-        for slot, copy_item in nested:
-            new[slot] = copy_item()
-        return new
+def _copy(plan: _Plan) -> Any:
+    """A new copy of a planned JSON value (see :func:`_copy_plan`)."""
+    private, nested = plan
+    return private if nested is None else _copy_container(private, nested)
 
-    return copy
+
+def _copy_container(private: Any, nested: tuple[tuple[Any, Any, Any], ...]) -> Any:
+    """Every dict and list anew; the strings, numbers, booleans and None in
+    them shared (they are immutable): about 60% of the cost of parsing a
+    JSON copy. A container with none nested is copied here, without a call."""
+    new = private.copy() if type(private) is dict else list(private)
+    for slot, child, child_nested in nested:
+        if not child_nested:
+            new[slot] = child.copy() if type(child) is dict else list(child)
+        else:
+            new[slot] = _copy_container(child, child_nested)
+    return new
 
 
 def _compile_message(stored: Any) -> tuple[type[BaseMessage], dict[str, Any]]:

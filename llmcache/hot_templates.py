@@ -31,7 +31,7 @@ from llmcache.generations import Template
 
 __all__ = ["HotTemplates"]
 
-# A template's own objects beside the payload it copies (parts, copiers).
+# A template's own objects beside the payload it copies (parts, copy plans).
 _TEMPLATE_OVERHEAD = 600
 
 

@@ -112,6 +112,25 @@ def test_a_big_cache_keeps_few_tracked_objects_and_first_hits_keep_none() -> Non
     assert after_hits - after_writes <= entries / 100
 
 
+def test_a_kept_template_holds_a_handful_of_tracked_objects() -> None:
+    # Up to 4,096 templates of hot answers are kept, and every full collection
+    # walks each one's tracked objects: its copies are dicts and tuples of
+    # immutable items, which the collector does not track.
+    payload = json.loads(json.dumps(dump_generations(chat(6))))
+    gc.collect()
+    before = len(gc.get_objects())
+    kept = [compile_template(json.loads(json.dumps(payload)), owned=False) for _ in range(200)]
+    gc.collect()
+    per_template = (len(gc.get_objects()) - before) / len(kept)
+    assert per_template <= 20  # closures: 47 for this answer
+    first, second = kept[0].build(), kept[0].build()
+    _same(first, chat(6))
+    first[0].message.tool_calls[0]["args"]["n"].append(3)  # type: ignore[attr-defined]
+    first[0].message.response_metadata["token_usage"]["prompt_tokens"] = 0  # type: ignore[attr-defined]
+    _same(kept[0].build(), chat(6))  # a build shares no container with another
+    _same(second, chat(6))
+
+
 def test_a_template_is_kept_from_the_second_read_and_never_outlives_its_entry() -> None:
     tier = MemoryTier()
     cache = TieredCache(l1=tier, l2=None)
