@@ -146,7 +146,7 @@ def _make_cache(name: str, directory: Path) -> BaseCache:
     cache = TieredCache(l1=None, l2=DiskTier(directory / "disk"))
     if name == DISK_FIRST_READ:
         # A repeated disk hit reuses the record decoded from the same bytes
-        # (tiers.DecodedMemo); without it every hit verifies, parses and checks
+        # (decoded_memo.DecodedMemo); without it every hit verifies, parses and checks
         # its bytes anew, as the first read of an entry in a process does.
         cache._layers.decoded = None
     return cache

@@ -19,7 +19,7 @@ concurrent scenario they include waiting for the others); lookups/s is calls
 divided by the wall time of the rounds. Every timed call must be a hit: the
 run aborts if the simulator sees a request while timing. RedisTier runs with
 L1 off, so every hit is a Redis round trip (a repeated hit reuses the record
-decoded from the same bytes, ``tiers.DecodedMemo``, but reads them every time).
+decoded from the same bytes, ``decoded_memo.DecodedMemo``, but reads them every time).
 
     python benchmarks/overhead_redis.py          # full: results/overhead_redis.*
     python benchmarks/overhead_redis.py --quick  # CI: results/overhead_redis-quick.*

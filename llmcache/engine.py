@@ -5,7 +5,7 @@ nothing of LangChain: ``TieredCache`` (LangChain's ``BaseCache``) turns
 prompts into keys and generations into payloads, and other faces do the
 same for their hosts. Everything that decides what a hit is lives here once,
 so a fix to promotion, invalidation, coalescing or failing open reaches every
-face: reads and writes go through ``tiers.Layers`` flows, which the caller
+face: reads and writes go through ``layers.Layers`` flows, which the caller
 runs with blocking calls (:meth:`run`) or awaits (:meth:`arun`).
 """
 
@@ -33,9 +33,10 @@ from llmcache.invalidation import (
 )
 from llmcache.invalidation.disk import DiskVersions
 from llmcache.keys import validate_namespace
+from llmcache.layers import Layers
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Encoded, Record, Signer
 from llmcache.stats import CacheStats, Counters
-from llmcache.tiers import Flow, Hit, Layers, Needs, Tier
+from llmcache.tiers import Flow, Hit, Needs, Tier
 
 __all__ = ["Engine", "Read", "default_versions", "dependency_names", "listed_names"]
 

@@ -26,10 +26,11 @@ from llmcache.generations import build_owned, compile_template, dump_generations
 from llmcache.hot_templates import HotTemplates
 from llmcache.invalidation import DependencyRules, VersionStore
 from llmcache.keys import KeyMemo
+from llmcache.layers import Layers
 from llmcache.memoize import Memoizing
 from llmcache.serialization import DEFAULT_COMPRESS_THRESHOLD, Record
 from llmcache.stats import CacheStats
-from llmcache.tiers import Flow, Hit, Layers, Tier
+from llmcache.tiers import Flow, Hit, Tier
 
 if TYPE_CHECKING:
     from llmcache.semantic.tier import SemanticHit, SemanticTier

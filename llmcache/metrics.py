@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from llmcache.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from llmcache.layers import Layers
     from llmcache.stats import CacheStats
-    from llmcache.tiers import Layers
 
 __all__ = ["BUFFER", "instrument"]
 

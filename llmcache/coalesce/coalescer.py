@@ -60,9 +60,10 @@ from llmcache.coalesce.leaders import (
     thread_owner,
 )
 from llmcache.errors import ConfigurationError
+from llmcache.layers import Layers
 from llmcache.serialization import Record
 from llmcache.stats import Counters
-from llmcache.tiers import Flow, Hit, Layers
+from llmcache.tiers import Flow, Hit
 
 __all__ = [
     "COALESCED",

@@ -65,6 +65,7 @@ _INTERNAL = frozenset(
         __name__,
         "llmcache.coalesce.coalescer",
         "llmcache.tiers",
+        "llmcache.layers",
         "llmcache.engine",
         "llmcache.langchain_adapter",
     }

@@ -44,9 +44,10 @@ from llmcache.backends.redis_batch import PerLoop
 from llmcache.backends.redis_subscriber import subscribe_until
 from llmcache.coalesce.coalescer import COALESCED, NOTIFIED, Flight, Outcome, Wait
 from llmcache.errors import TierError
+from llmcache.layers import Layers
 from llmcache.serialization import Record
 from llmcache.stats import Counters
-from llmcache.tiers import Flow, Get, Hit, Layers
+from llmcache.tiers import Flow, Get, Hit
 
 if TYPE_CHECKING:
     from llmcache.backends.redis import RedisTier

@@ -1,6 +1,6 @@
 """SemanticTier: paraphrases served from the cache, after the exact tiers miss.
 
-The tier adds flows to :class:`llmcache.tiers.Layers`, written once and
+The tier adds flows to :class:`llmcache.layers.Layers`, written once and
 driven by the sync and the async drivers like every other flow:
 
 * :meth:`SemanticTier.lookup_flow`: the prompt's scope and last user text
