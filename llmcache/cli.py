@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from llmcache.config import redact
 from llmcache.errors import ConfigurationError, LLMCacheError, TierError
 from llmcache.keys import validate_namespace
 
@@ -210,7 +211,7 @@ def _fleet_usage(args: argparse.Namespace, namespace: str | None) -> dict[str, d
         with contextlib.closing(client):
             return fleet.read_redis(client, args.prefix, namespace)
     except (redis.RedisError, ValueError) as exc:
-        raise TierError(f"cannot read {_redact(args.url)}: {exc}") from exc
+        raise TierError(f"cannot read {redact(args.url)}: {exc}") from exc
 
 
 def _print_usage(usage: dict[str, dict[str, int]]) -> None:
@@ -364,7 +365,7 @@ def _inventory(
     that a command which writes (``must_exist``) is pointed at.
     """
     if args.url is not None:
-        where = f"redis {_redact(args.url)} prefix {args.prefix!r}"
+        where = f"redis {redact(args.url)} prefix {args.prefix!r}"
         return where, _redis_counts(args.url, args.prefix, namespace)
     directory = _directory(args)
     if (must_exist or args.dir is not None) and not _holds_a_store(directory):
@@ -422,13 +423,8 @@ def _redis_counts(url: str, prefix: str, namespace: str | None) -> dict[str, _Co
                 if match:
                     counts.setdefault(match.group(1), _Count(size=None)).entries += 1
     except (redis.RedisError, ValueError) as exc:
-        raise TierError(f"cannot read {_redact(url)}: {exc}") from exc
+        raise TierError(f"cannot read {redact(url)}: {exc}") from exc
     return counts
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, fit to print."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _size(size: int | None) -> str:
@@ -477,7 +473,7 @@ def _invalidate(args: argparse.Namespace) -> int:
         cache.invalidate(*args.names)
     finally:
         cache.close()
-    where = _redact(args.url) if args.url else str(_directory(args))
+    where = redact(args.url) if args.url else str(_directory(args))
     print(f"{where}: invalidated {', '.join(args.names)} in namespace {cache.namespace!r}")
     return 0
 
@@ -492,7 +488,7 @@ def _gc(args: argparse.Namespace) -> int:
         raise TierError(f"gc failed: {type(exc).__name__}: {exc}") from exc
     finally:
         cache.close()
-    where = _redact(args.url) if args.url else str(_directory(args))
+    where = redact(args.url) if args.url else str(_directory(args))
     for tier, counts in report.items():
         if "removed" in counts:  # the version store
             print(

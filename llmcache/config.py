@@ -34,6 +34,8 @@ __all__ = [
     "check_ttl",
     "default_directory",
     "looks_like_url",
+    "redact",
+    "redis_node_name",
 ]
 
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -123,3 +125,14 @@ def _check_host(url: str, what: str, parts: SplitResult, port: int | None) -> No
             f"{what}={url!r}: the path is the database number (redis://host:6379/0),"
             f" not {database!r}"
         )
+
+
+def redis_node_name(url: str) -> str:
+    """``host:port`` of a Redis URL (the seed node's name on a cluster)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit to print."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)

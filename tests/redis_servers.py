@@ -39,7 +39,8 @@ from typing import Any
 import pytest
 import redis
 
-from llmcache.backends.redis import RedisTier, close_sync_client
+from llmcache.backends.redis import RedisTier
+from llmcache.backends.redis_clients import close_sync_client
 
 __all__ = [
     "EXTERNAL_URL_ENV",

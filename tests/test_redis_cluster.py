@@ -16,7 +16,8 @@ import redis.asyncio.cluster
 from langchain_openai import ChatOpenAI
 
 from llmcache import TieredCache, TierError
-from llmcache.backends.redis import RedisTier, close_sync_client
+from llmcache.backends.redis import RedisTier
+from llmcache.backends.redis_clients import close_sync_client
 from llmcache.errors import ConfigurationError
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import FakeClock

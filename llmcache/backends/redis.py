@@ -43,19 +43,16 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
-import redis.asyncio.retry
 import redis.cluster
-import redis.retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ClusterDownError, RedisClusterException, ResponseError
 
 from llmcache.backends.breaker import CircuitBreaker
 from llmcache.backends.redis_batch import AutoBatcher, PerLoop, run_cluster, run_single
+from llmcache.backends.redis_clients import async_client, close_sync_client, sync_client
 from llmcache.backends.redis_round_trips import (
     Command,
     Op,
@@ -66,19 +63,15 @@ from llmcache.backends.redis_round_trips import (
     single_server,
 )
 from llmcache.backends.redis_threads import ThreadBatcher
-from llmcache.config import check_redis_url
+from llmcache.config import check_redis_url, redact, redis_node_name
 from llmcache.errors import ConfigurationError, TierError
 from llmcache.keys import namespace_prefix
 
-__all__ = ["RedisTier", "close_sync_client"]
+__all__ = ["RedisTier"]
 
 _SCAN_COUNT = 1000
 #: Starts every internal key and channel; validate_namespace refuses it in a namespace.
 INTERNAL = "~"
-# What a client of one kind needs from a client of the other kind to reach the same server.
-_PORTABLE = ("host", "port", "db", "username", "password", "client_name", "protocol",
-             "credential_provider", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
-             "ssl_ca_certs", "ssl_ca_data", "ssl_check_hostname", "ssl_password")  # fmt: skip
 
 Step = tuple[str, Any, Any]  # ("scan", node, (cursor, match)) or ("unlink", node, keys)
 
@@ -165,7 +158,7 @@ class RedisTier:
         self._threads: dict[str, ThreadBatcher] = {}  # per breaker: "server", or per master
         self._loops: PerLoop[_LoopState] = PerLoop(self._new_loop_state)
         # The breaker for calls made before a cluster's map is known (and for clear).
-        self._seed = "server" if not cluster else _node_name(url) if url else "cluster"
+        self._seed = "server" if not cluster else redis_node_name(url) if url else "cluster"
 
     # -- breakers and errors ------------------------------------------------------
 
@@ -239,10 +232,11 @@ class RedisTier:
 
     # -- clients ----------------------------------------------------------------------
 
-    def _timeouts(self) -> dict[str, Any]:
+    def _client_options(self) -> dict[str, Any]:
         return {
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.connect_timeout,
+            **self._options,
         }
 
     def _client(self) -> Any:
@@ -255,23 +249,14 @@ class RedisTier:
         return client
 
     def _new_sync_client(self) -> Any:
-        # No client-side retries: a retry against a dead server doubles the wait,
-        # and the engine answers a failed lookup with the model anyway.
-        options = {**self._timeouts(), "retry": redis.retry.Retry(NoBackoff(), 0), **self._options}
-        if self.url is None:  # only an async client was given: reach the same server
-            return redis.Redis(**options, **_portable(self._byo_async))
-        if self.cluster:
-            return redis.cluster.RedisCluster.from_url(self.url, **options)
-        return redis.Redis.from_url(self.url, **options)
+        return sync_client(
+            self.url, cluster=self.cluster, options=self._client_options(), like=self._byo_async
+        )
 
     def _new_async_client(self) -> Any:
-        retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
-        options = {**self._timeouts(), "retry": retry, **self._options}
-        if self.url is None:
-            return redis.asyncio.Redis(**options, **_portable(self._byo_client))
-        if self.cluster:
-            return redis.asyncio.cluster.RedisCluster.from_url(self.url, **options)
-        return redis.asyncio.Redis.from_url(self.url, **options)
+        return async_client(
+            self.url, cluster=self.cluster, options=self._client_options(), like=self._byo_client
+        )
 
     def _node(self, rkey: str) -> str:
         """The breaker name for ``rkey``: its master on a cluster."""
@@ -484,7 +469,7 @@ class RedisTier:
         return pipe.execute(), _same
 
     def __repr__(self) -> str:
-        where = _redact(self.url) if self.url else "clients passed in"
+        where = redact(self.url) if self.url else "clients passed in"
         return f"RedisTier({where!r}, cluster={self.cluster}, prefix={self.prefix!r})"
 
 
@@ -526,41 +511,3 @@ def _as_bytes(value: Any) -> bytes:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
-
-
-def _node_name(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
-def close_sync_client(client: Any) -> None:
-    """Close a redis-py client and every connection it opened.
-
-    ``RedisCluster.close()`` closes each node's client but not the connection
-    pools ``from_url`` gave those clients, so their sockets would stay open
-    until garbage collection.
-    """
-    client.close()
-    if isinstance(client, redis.cluster.RedisCluster):
-        for node in client.get_nodes():  # type: ignore[no-untyped-call]
-            if node.redis_connection is not None:
-                node.redis_connection.connection_pool.disconnect()
-
-
-def _portable(client: Any) -> dict[str, Any]:
-    """Connection settings of ``client`` that a client of the other kind can use."""
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    portable = {name: kwargs[name] for name in _PORTABLE if name in kwargs}
-    if "path" in kwargs:
-        portable["unix_socket_path"] = kwargs["path"]
-    if "SSL" in pool.connection_class.__name__:
-        portable["ssl"] = True
-    return portable
