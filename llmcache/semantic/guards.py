@@ -21,6 +21,8 @@ fitted to the tuning pairs, so they generalise to questions never seen:
 * ``scope``: quantifiers and restrictive words (all, only, first, each...)
   and the person asking about (my child / I, we / they...).
 
+The word classes they read are in :mod:`llmcache.semantic.guard_words`.
+
 ``GUARDS_VERSION`` is part of every scope id: changing a guard's rules starts
 a fresh index instead of reinterpreting old entries.
 """
@@ -35,6 +37,21 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from llmcache.semantic.guard_words import (
+    DATE_WORDS,
+    FUNCTION_WORDS,
+    NEG_PREFIXES,
+    NEGATORS,
+    NOT_NAMES,
+    NUMBER_VALUES,
+    NUMBER_WORDS,
+    OPPOSITE,
+    PERIODS,
+    PERSONS,
+    RELATIVE,
+    SCOPE_WORDS,
+)
+
 __all__ = [
     "GUARDS",
     "GUARDS_VERSION",
@@ -46,140 +63,6 @@ GUARDS_VERSION = 3
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’\-+.&/]*[A-Za-z0-9+]|[A-Za-z0-9]")
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$")
-
-_NUMBER_WORDS = frozenset(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
-    " fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy"
-    " eighty ninety hundred thousand million billion half quarter double triple dozen"
-    " once twice first second third fourth fifth sixth seventh eighth ninth tenth"
-    " single pair couple".split()
-)
-_NUMBER_VALUES = {
-    word: str(value)
-    for value, word in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen"
-        " fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_DATE_WORDS = frozenset(
-    "january february march april may june july august september october november december"
-    " jan feb mar apr jun jul aug sep sept oct nov dec monday tuesday wednesday thursday"
-    " friday saturday sunday weekend weekday weekdays weekends today tonight tomorrow"
-    " yesterday morning afternoon evening night midnight noon daily weekly monthly yearly"
-    " annual annually hourly spring summer autumn fall winter christmas easter"
-    " overnight".split()
-)
-# Words that take the sense of "next/last/this" only before a period of time.
-_RELATIVE = frozenset({"next", "last", "this", "previous", "coming", "past"})
-_PERIODS = frozenset({"day", "week", "month", "year", "weekend", "term", "quarter", "season"})
-
-_NEGATORS = frozenset(
-    "not no never none nothing nobody nowhere neither nor without cannot cant dont doesnt"
-    " didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt"
-    " neednt lack lacks lacking fail fails failed refuse refused deny denied".split()
-)
-# Prefixes that negate a stem ("include"/"exclude" share no prefix rule: listed as pairs).
-_NEG_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-", "de", "anti")
-_OPPOSITES = (
-    ("include", "exclude"),
-    ("included", "excluded"),
-    ("includes", "excludes"),
-    ("including", "excluding"),
-    ("accept", "reject"),
-    ("accepted", "rejected"),
-    ("allow", "forbid"),
-    ("allowed", "banned"),
-    ("allowed", "forbidden"),
-    ("with", "without"),
-    ("before", "after"),
-    ("above", "below"),
-    ("over", "under"),
-    ("more", "less"),
-    ("more", "fewer"),
-    ("increase", "decrease"),
-    ("raise", "lower"),
-    ("higher", "lower"),
-    ("maximum", "minimum"),
-    ("max", "min"),
-    ("add", "remove"),
-    ("enable", "disable"),
-    ("on", "off"),
-    ("open", "close"),
-    ("start", "stop"),
-    ("start", "end"),
-    ("join", "leave"),
-    ("buy", "sell"),
-    ("send", "receive"),
-    ("import", "export"),
-    ("upload", "download"),
-    ("login", "logout"),
-    ("in", "out"),
-    ("up", "down"),
-    ("early", "late"),
-    ("earliest", "latest"),
-    ("cheapest", "dearest"),
-    ("cheapest", "most"),
-    ("best", "worst"),
-    ("pass", "fail"),
-    ("win", "lose"),
-    ("true", "false"),
-    ("legal", "illegal"),
-    ("public", "private"),
-    ("online", "offline"),
-    ("refund", "charge"),
-    ("arrive", "depart"),
-    ("arrivals", "departures"),
-    ("inbound", "outbound"),
-)
-_OPPOSITE = {a: b for a, b in _OPPOSITES} | {b: a for a, b in _OPPOSITES}
-
-_SCOPE_WORDS = frozenset(
-    "all every each any some only first last most least both either entire whole"
-    " single multiple several many few more less fewer always sometimes usually often"
-    " rarely ever except excluding including per extra additional another other"
-    " minimum maximum max min full partial".split()
-)
-# Who the question is about: "my child" and "I" ask about different people.
-_PERSONS = {
-    "i": "self",
-    "me": "self",
-    "my": "self",
-    "mine": "self",
-    "myself": "self",
-    "we": "us",
-    "us": "us",
-    "our": "us",
-    "ours": "us",
-    "he": "third",
-    "she": "third",
-    "him": "third",
-    "her": "third",
-    "his": "third",
-    "they": "third",
-    "them": "third",
-    "their": "third",
-    "child": "child",
-    "children": "child",
-    "kid": "child",
-    "kids": "child",
-    "son": "child",
-    "daughter": "child",
-    "baby": "child",
-    "partner": "partner",
-    "wife": "partner",
-    "husband": "partner",
-    "spouse": "partner",
-    "parent": "parent",
-    "parents": "parent",
-    "mum": "parent",
-    "mom": "parent",
-    "dad": "parent",
-    "father": "parent",
-    "mother": "parent",
-}
-# Words written with a capital that are not names.
-_NOT_NAMES = frozenset({"i", "i'm", "i've", "i'd", "i'll", "ok", "okay", "hi", "hiya", "hello"})
-
 
 # Phatic openers and closers (greetings, thanks, fillers): they carry no question.
 _PHATIC_START = re.compile(
@@ -228,11 +111,11 @@ _DIGITS = re.compile(r"\d+(?:[.,/:]\d+)*")
 @functools.lru_cache(maxsize=65_536)
 def _singular(word: str) -> str:
     """A date word's plural or one-typo spelling as the date word (Mondays, Mondys)."""
-    if word in _DATE_WORDS or len(word) < 5:
+    if word in DATE_WORDS or len(word) < 5:
         return word
-    if word.endswith("s") and word[:-1] in _DATE_WORDS:
+    if word.endswith("s") and word[:-1] in DATE_WORDS:
         return word[:-1]
-    for date in _DATE_WORDS:
+    for date in DATE_WORDS:
         # A typo keeps the first letter, in practice; checking it first keeps this cheap.
         if date[0] == word[0] and len(date) >= 5 and abs(len(date) - len(word)) <= 2:
             base = word[:-1] if word.endswith("s") and not date.endswith("s") else word
@@ -252,17 +135,17 @@ def numbers(text: str) -> Counter[str]:
     )
     words = [_singular(word) for word in _lower(text)]
     for i, word in enumerate(words):
-        if word in _NUMBER_VALUES:
-            found[_NUMBER_VALUES[word]] += 1
-        elif word in _NUMBER_WORDS or word in _DATE_WORDS:
+        if word in NUMBER_VALUES:
+            found[NUMBER_VALUES[word]] += 1
+        elif word in NUMBER_WORDS or word in DATE_WORDS:
             found[word] += 1
-        elif word in _RELATIVE and i + 1 < len(words) and words[i + 1] in _PERIODS:
+        elif word in RELATIVE and i + 1 < len(words) and words[i + 1] in PERIODS:
             found[f"{word} {words[i + 1]}"] += 1
         elif (
             "-" in word
             and not any(c.isdigit() for c in word)  # its digits are counted already
             and any(
-                part in _NUMBER_WORDS or part in _DATE_WORDS or part in _PERIODS
+                part in NUMBER_WORDS or part in DATE_WORDS or part in PERIODS
                 for part in word.split("-")
             )
         ):
@@ -278,7 +161,7 @@ def negations(text: str) -> int:
     count = 0
     for word in _lower(strip_phatic(text)):
         bare = _bare(word)
-        if bare in _NEGATORS or word.endswith("n't") or word.startswith("non-"):
+        if bare in NEGATORS or word.endswith("n't") or word.startswith("non-"):
             count += 1
     return count
 
@@ -286,7 +169,7 @@ def negations(text: str) -> int:
 def _negated_stem(a: set[str], b: set[str]) -> bool:
     """A word on one side is a negating prefix plus a word on the other (mute/unmute)."""
     for word in a - b:
-        for prefix in _NEG_PREFIXES:
+        for prefix in NEG_PREFIXES:
             if word.startswith(prefix) and len(word) - len(prefix) >= 3:
                 stem = word[len(prefix) :].lstrip("-")
                 if stem in b and stem not in a:
@@ -296,10 +179,10 @@ def _negated_stem(a: set[str], b: set[str]) -> bool:
 
 def _base(word: str) -> str:
     """The word without a regular inflection (increased, includes, adding) if that is listed."""
-    if word in _OPPOSITE:
+    if word in OPPOSITE:
         return word
     for suffix, repl in (("ing", ""), ("ing", "e"), ("ed", ""), ("d", ""), ("s", ""), ("es", "")):
-        if word.endswith(suffix) and word[: -len(suffix)] + repl in _OPPOSITE:
+        if word.endswith(suffix) and word[: -len(suffix)] + repl in OPPOSITE:
             return word[: -len(suffix)] + repl
     return word
 
@@ -308,7 +191,7 @@ def _opposed(a: set[str], b: set[str]) -> bool:
     """One side has a word, the other its opposite (and not the word itself)."""
     a_base, b_base = {_base(w) for w in a}, {_base(w) for w in b}
     for word in a_base - b_base:
-        other = _OPPOSITE.get(word)
+        other = OPPOSITE.get(word)
         if other is not None and other in b_base and other not in a_base:
             return True
     return False
@@ -335,7 +218,7 @@ def names(text: str) -> list[str]:
         word = raw.lower().replace("’", "'")
         sentence_start = start
         start = bool(_SENTENCE_END.search(text[match.end() : match.end() + 2]))
-        if not raw or word in _NOT_NAMES or word.split("'")[0] in _NOT_NAMES:
+        if not raw or word in NOT_NAMES or word.split("'")[0] in NOT_NAMES:
             continue
         if not any(c.isalpha() for c in raw):
             continue
@@ -386,8 +269,8 @@ def quote_vetoes(first: str, second: str) -> bool:
 
 def scope_words(text: str) -> tuple[frozenset[str], frozenset[str]]:
     words = _lower(text)
-    scope = frozenset(w for w in words if w in _SCOPE_WORDS)
-    persons = frozenset(_PERSONS[w] for w in words if w in _PERSONS)
+    scope = frozenset(w for w in words if w in SCOPE_WORDS)
+    persons = frozenset(PERSONS[w] for w in words if w in PERSONS)
     return scope, persons
 
 
@@ -444,23 +327,9 @@ def number_vetoes(first: str, second: str) -> bool:
     return numbers(first) != numbers(second)
 
 
-# English function words (a closed class: articles, pronouns, auxiliaries,
-# prepositions, conjunctions, wh-words): rewording changes them freely.
-_FUNCTION_WORDS = frozenset(
-    "a an the this that these those i me my mine we us our you your yours he him his she her"
-    " it its they them their what which who whom whose when where why how is am are was were"
-    " be been being have has had having do does did doing will would shall should can could"
-    " may might must ought to of in on at by for with about as into onto from than then so"
-    " and or but if because while there here any some get got go going want wanted need"
-    " needed like way tell know please just also really actually still s d ll ve re m t"
-    " whats hows wheres whens whos im ive id youre theres thats cant dont isnt um uh er erm"
-    " hmm".split()
-)
-
-
 def _content(text: str) -> list[str]:
     words = [_bare(word) for word in _lower(strip_phatic(text))]
-    return [_NUMBER_VALUES.get(word, word) for word in words if word not in _FUNCTION_WORDS]
+    return [NUMBER_VALUES.get(word, word) for word in words if word not in FUNCTION_WORDS]
 
 
 @functools.lru_cache(maxsize=65_536)
