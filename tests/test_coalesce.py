@@ -375,7 +375,7 @@ def test_asking_again_for_a_key_it_leads_never_waits_on_itself() -> None:
     start = time.perf_counter()
     assert cache.lookup("q", "llm") is None
     assert cache.lookup("q", "llm") is None  # a retry on the same thread: leads again
-    assert time.perf_counter() - start < 0.1
+    assert time.perf_counter() - start < 5  # a wait on itself would last 30 s
 
     async def retry_in_one_task() -> None:
         assert await cache.alookup("r", "llm") is None
@@ -506,7 +506,7 @@ def test_a_sync_lookup_inside_the_leaders_event_loop_does_not_wait() -> None:
         await asyncio.sleep(0.01)
         start = time.perf_counter()
         assert cache.lookup("q", "llm") is None  # a plain miss, at once
-        assert time.perf_counter() - start < 0.1
+        assert time.perf_counter() - start < 5  # a wait would last 30 s
         leader.cancel()
 
     asyncio.run(main())

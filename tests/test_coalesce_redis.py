@@ -287,7 +287,7 @@ def test_asking_again_for_a_key_it_leads_never_waits_on_its_own_lease(
     assert cache.lookup("q", "llm") is None  # leads, and takes the lease
     assert cache.stats().tiers["redis"].misses == 1  # the lease's own check is not counted
     assert cache.lookup("q", "llm") is None  # a retry: this process holds the lease already
-    assert time.perf_counter() - start < 0.2
+    assert time.perf_counter() - start < 5  # a wait on its own lease would last 30 s
     cache.update("q", "llm", [ChatGeneration(message=AIMessage("at last"))])
     with redis.Redis.from_url(url) as client:
         assert not list(client.scan_iter(match=f"{prefix}~lease:*"))
