@@ -340,6 +340,24 @@ async def test_given_one_client_the_tier_opens_and_closes_the_other_kind(
         purge_prefix(redis_url, key_prefix)
 
 
+async def test_given_only_an_async_client_the_tier_opens_a_sync_one_to_the_same_server(
+    redis_url: str, key_prefix: str, raw: redis.Redis
+) -> None:
+    name = _name()
+    async_client = redis.asyncio.Redis.from_url(redis_url, client_name=name)
+    try:
+        tier = RedisTier(async_client=async_client, prefix=key_prefix)
+        await tier.aset("ns:k", b"v")
+        assert tier.get("ns:k") == b"v"  # on a sync client made like the async one
+        assert connections_named(raw, name) == 2
+        tier.close()
+        assert connections_named(raw, name) == 1  # ours closed, theirs kept
+        assert await async_client.get(f"{key_prefix}ns:k") == b"v"
+    finally:
+        await async_client.aclose()
+        purge_prefix(redis_url, key_prefix)
+
+
 # -- through TieredCache ------------------------------------------------------------------
 
 

@@ -31,24 +31,36 @@ def sync_client(
     url: str | None, *, cluster: bool, options: dict[str, Any], like: Any = None
 ) -> Any:
     """A redis-py client for ``url``; with no URL, for the server async ``like`` reaches."""
-    options = {"retry": redis.retry.Retry(NoBackoff(), 0), **options}
-    if url is None:
-        return redis.Redis(**options, **_portable(like))
-    if cluster:
-        return redis.cluster.RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
+    return _client(_SYNC, url, cluster=cluster, options=options, like=like)
 
 
 def async_client(
     url: str | None, *, cluster: bool, options: dict[str, Any], like: Any = None
 ) -> Any:
     """A redis.asyncio client for ``url``; with no URL, for the server sync ``like`` reaches."""
-    options = {"retry": redis.asyncio.retry.Retry(NoBackoff(), 0), **options}
-    if url is None:
-        return redis.asyncio.Redis(**options, **_portable(like))
+    return _client(_ASYNC, url, cluster=cluster, options=options, like=like)
+
+
+# Each kind's (client class, cluster class, retry class): the one recipe serves both.
+_SYNC = (redis.Redis, redis.cluster.RedisCluster, redis.retry.Retry)
+_ASYNC = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster, redis.asyncio.retry.Retry)
+
+
+def _client(
+    kind: tuple[Any, Any, Any],
+    url: str | None,
+    *,
+    cluster: bool,
+    options: dict[str, Any],
+    like: Any,
+) -> Any:
+    single, cluster_class, retry = kind
+    options = {"retry": retry(NoBackoff(), 0), **options}
+    if url is None:  # only a client of the other kind was given: reach the same server
+        return single(**options, **_portable(like))
     if cluster:
-        return redis.asyncio.cluster.RedisCluster.from_url(url, **options)
-    return redis.asyncio.Redis.from_url(url, **options)
+        return cluster_class.from_url(url, **options)
+    return single.from_url(url, **options)
 
 
 def close_sync_client(client: Any) -> None:
