@@ -5,22 +5,21 @@ Each subcommand is a pair: ``_add_<name>(subparsers)`` declares its arguments an
 To add one (``invalidate``, ``gc``), write the pair and list the ``_add_`` function in
 ``_SUBCOMMANDS``. A handler raises :class:`~llmcache.errors.LLMCacheError` (wrapping a
 driver's error with ``raise ... from exc``) for anything the user can fix: ``main`` prints
-it as one line on stderr and exits 2, never a traceback.
+it as one line on stderr and exits 2, never a traceback. What the store commands read of a
+store (which one the arguments name, its entries per namespace, its reported usage) is
+``llmcache.cli_store``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from llmcache import cli_store as store
 from llmcache.config import redact
 from llmcache.errors import ConfigurationError, LLMCacheError, TierError
 from llmcache.keys import validate_namespace
@@ -28,8 +27,6 @@ from llmcache.keys import validate_namespace
 __all__ = ["build_parser", "main"]
 
 _Subparsers = Any  # argparse's _SubParsersAction is private; its type adds nothing here
-# A stored key is "<namespace>:<sha256 hex>" (after RedisTier's prefix).
-_ENTRY_KEY = re.compile(r"([A-Za-z0-9_.\-]{1,64}):[0-9a-f]{64}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,13 +119,6 @@ def _simulate(args: argparse.Namespace) -> int:
 # -- stats and clear ---------------------------------------------------------------------
 
 
-@dataclass
-class _Count:
-    entries: int = 0
-    size: int | None = 0  # bytes; None when the store cannot tell cheaply
-    expired: int = 0
-
-
 def _add_store_arguments(parser: argparse.ArgumentParser, namespace_help: str) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--dir", type=Path, help="a disk cache directory (default: $LLMCACHE_DIR "
@@ -166,8 +156,8 @@ def _add_clear(subparsers: _Subparsers) -> None:
 
 def _stats(args: argparse.Namespace) -> int:
     namespace = None if args.namespace is None else validate_namespace(args.namespace)
-    where, counts = _inventory(args, namespace)
-    usage = _fleet_usage(args, namespace)
+    where, counts = store.inventory(args, namespace)
+    usage = store.fleet_usage(args, namespace)
     if not counts and not usage:
         suffix = "" if namespace is None else f" in namespace {namespace!r}"
         print(f"{where}: no entries{suffix}")
@@ -178,7 +168,7 @@ def _stats(args: argparse.Namespace) -> int:
         rows += [(name, *_cells(counts[name])) for name in sorted(counts)]
         if len(counts) > 1:
             sizes = [count.size for count in counts.values()]
-            total = _Count(
+            total = store.Count(
                 sum(count.entries for count in counts.values()),
                 None if None in sizes else sum(size or 0 for size in sizes),
                 sum(count.expired for count in counts.values()),
@@ -190,28 +180,6 @@ def _stats(args: argparse.Namespace) -> int:
         print("  no entries")
     _print_usage(usage)
     return 0
-
-
-def _fleet_usage(args: argparse.Namespace, namespace: str | None) -> dict[str, dict[str, int]]:
-    """What every process that used the store reported (``llmcache.fleet``), per namespace."""
-    from llmcache import fleet
-
-    if args.url is None:
-        directory = _directory(args)
-        try:
-            return fleet.read_disk(directory, namespace)
-        except (OSError, sqlite3.Error) as exc:
-            raise TierError(f"cannot read {directory / fleet.STATS_FILE}: {exc}") from exc
-    try:
-        import redis
-    except ImportError as exc:
-        raise ConfigurationError(f"a Redis URL needs the redis extra ({exc})") from exc
-    try:
-        client = redis.Redis.from_url(args.url, socket_timeout=5, socket_connect_timeout=5)
-        with contextlib.closing(client):
-            return fleet.read_redis(client, args.prefix, namespace)
-    except (redis.RedisError, ValueError) as exc:
-        raise TierError(f"cannot read {redact(args.url)}: {exc}") from exc
 
 
 def _print_usage(usage: dict[str, dict[str, int]]) -> None:
@@ -250,7 +218,7 @@ def _print_usage(usage: dict[str, dict[str, int]]) -> None:
           " price table; unknown where a model has no price)")  # fmt: skip
 
 
-def _cells(count: _Count) -> tuple[str, str, str]:
+def _cells(count: store.Count) -> tuple[str, str, str]:
     return str(count.entries), _size(count.size), str(count.expired)
 
 
@@ -270,7 +238,7 @@ def _add_namespaces(subparsers: _Subparsers) -> None:
 
 
 def _namespaces(args: argparse.Namespace) -> int:
-    where, counts = _inventory(args, None)
+    where, counts = store.inventory(args, None)
     if not counts:
         print(f"{where}: no namespaces")
         return 0
@@ -283,7 +251,7 @@ def _namespaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chosen_namespace(args: argparse.Namespace, counts: dict[str, _Count], verb: str) -> str:
+def _chosen_namespace(args: argparse.Namespace, counts: dict[str, store.Count], verb: str) -> str:
     """``--namespace``, or 'default' when the store holds no other; else refuse, listing them.
 
     A command that changes a store must not guess: acting on 'default' in a
@@ -302,11 +270,11 @@ def _chosen_namespace(args: argparse.Namespace, counts: dict[str, _Count], verb:
 
 
 def _clear(args: argparse.Namespace) -> int:
-    where, before = _inventory(args, None, must_exist=True)
+    where, before = store.inventory(args, None, must_exist=True)
     namespace = _chosen_namespace(args, before, "clear")
     from llmcache.engine import default_versions
 
-    tier = _tier(args)
+    tier = store.open_tier(args)
     versions = default_versions([tier])
     try:
         tier.clear(namespace)
@@ -318,113 +286,16 @@ def _clear(args: argparse.Namespace) -> int:
     finally:
         versions.close()
         tier.close()
-    _, after = _inventory(args, None)
-    removed = before.get(namespace, _Count()).entries - after.get(namespace, _Count()).entries
+    _, after = store.inventory(args, None)
+    removed = (
+        before.get(namespace, store.Count()).entries - after.get(namespace, store.Count()).entries
+    )
     others = sum(count.entries for name, count in after.items() if name != namespace)
     print(
         f"{where}: cleared namespace {namespace!r}: {removed} entries removed;"
         f" {others} entries in other namespaces left alone"
     )
     return 0
-
-
-def _tier(args: argparse.Namespace) -> Any:
-    if args.url is not None:
-        try:
-            from llmcache.backends.redis import RedisTier
-        except ImportError as exc:
-            raise ConfigurationError(f"a Redis URL needs the redis extra ({exc})") from exc
-        return RedisTier(args.url, prefix=args.prefix)
-    from llmcache.backends.disk import DiskTier
-
-    return DiskTier(_directory(args))
-
-
-def _directory(args: argparse.Namespace) -> Path:
-    if args.dir is not None:
-        return Path(args.dir).expanduser()
-    from llmcache.config import default_directory
-
-    return default_directory()
-
-
-def _holds_a_store(directory: Path) -> bool:
-    """A cache directory has diskcache's database, or a DiskTier's version store."""
-    return any(
-        (directory / name).is_file() for name in ("cache.db", "versions.sqlite", "stats.sqlite")
-    )
-
-
-def _inventory(
-    args: argparse.Namespace, namespace: str | None, *, must_exist: bool = False
-) -> tuple[str, dict[str, _Count]]:
-    """(where, counts per namespace) of the store the arguments name.
-
-    A ``--dir`` that holds no cache is an error (a typo must not pass for an
-    empty cache, nor have a cache created in it), and so is any directory
-    that a command which writes (``must_exist``) is pointed at.
-    """
-    if args.url is not None:
-        where = f"redis {redact(args.url)} prefix {args.prefix!r}"
-        return where, _redis_counts(args.url, args.prefix, namespace)
-    directory = _directory(args)
-    if (must_exist or args.dir is not None) and not _holds_a_store(directory):
-        given = "--dir" if args.dir is not None else "the default directory ($LLMCACHE_DIR)"
-        raise ConfigurationError(f"{given} {directory} holds no llmcache store (no cache.db)")
-    return f"disk {directory}", _disk_counts(directory, namespace)
-
-
-def _disk_counts(directory: Path, namespace: str | None) -> dict[str, _Count]:
-    """Entries per namespace, read from diskcache's index without opening it for writing.
-
-    DiskTier tags every entry with its namespace, and diskcache keeps the tag, the inline
-    value and the file size of every entry in the ``Cache`` table of ``cache.db``. A
-    read-only connection never creates a directory or rewrites diskcache's settings.
-    """
-    database = directory / "cache.db"
-    if not database.is_file():
-        return {}
-    query = (
-        "SELECT tag, COUNT(*), SUM(COALESCE(LENGTH(value), 0) + size),"
-        " SUM(expire_time IS NOT NULL AND expire_time < ?) FROM Cache"
-        + ("" if namespace is None else " WHERE tag = ?")
-        + " GROUP BY tag"
-    )
-    params: tuple[Any, ...] = (time.time(),) if namespace is None else (time.time(), namespace)
-    try:
-        uri = database.resolve().as_uri() + "?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as connection:
-            rows = connection.execute(query, params).fetchall()
-    except (OSError, sqlite3.Error) as exc:
-        raise TierError(f"cannot read {database}: {exc}") from exc
-    return {
-        (tag.decode() if isinstance(tag, bytes) else str(tag)): _Count(
-            n, int(size or 0), int(old or 0)
-        )
-        for tag, n, size, old in rows
-    }
-
-
-def _redis_counts(url: str, prefix: str, namespace: str | None) -> dict[str, _Count]:
-    """Entries per namespace under ``prefix``, by SCAN (never KEYS); sizes are not fetched."""
-    try:
-        import redis
-    except ImportError as exc:
-        raise ConfigurationError(f"a Redis URL needs the redis extra ({exc})") from exc
-    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
-    pattern = escaped + ("*" if namespace is None else f"{namespace}:*")
-    counts: dict[str, _Count] = {}
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        with contextlib.closing(client):
-            for key in client.scan_iter(match=pattern, count=1000):
-                text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-                match = _ENTRY_KEY.fullmatch(text, len(prefix))
-                if match:
-                    counts.setdefault(match.group(1), _Count(size=None)).entries += 1
-    except (redis.RedisError, ValueError) as exc:
-        raise TierError(f"cannot read {redact(url)}: {exc}") from exc
-    return counts
 
 
 def _size(size: int | None) -> str:
@@ -462,9 +333,9 @@ def _cache_over(args: argparse.Namespace, verb: str) -> Any:
     """A TieredCache with no L1 over the store the arguments name (its versions too)."""
     from llmcache.langchain_adapter import TieredCache
 
-    _, counts = _inventory(args, None, must_exist=True)
+    _, counts = store.inventory(args, None, must_exist=True)
     namespace = _chosen_namespace(args, counts, verb)
-    return TieredCache(l1=None, l2=_tier(args), namespace=namespace)
+    return TieredCache(l1=None, l2=store.open_tier(args), namespace=namespace)
 
 
 def _invalidate(args: argparse.Namespace) -> int:
@@ -473,7 +344,7 @@ def _invalidate(args: argparse.Namespace) -> int:
         cache.invalidate(*args.names)
     finally:
         cache.close()
-    where = redact(args.url) if args.url else str(_directory(args))
+    where = redact(args.url) if args.url else str(store.cache_directory(args))
     print(f"{where}: invalidated {', '.join(args.names)} in namespace {cache.namespace!r}")
     return 0
 
@@ -488,7 +359,7 @@ def _gc(args: argparse.Namespace) -> int:
         raise TierError(f"gc failed: {type(exc).__name__}: {exc}") from exc
     finally:
         cache.close()
-    where = redact(args.url) if args.url else str(_directory(args))
+    where = redact(args.url) if args.url else str(store.cache_directory(args))
     for tier, counts in report.items():
         if "removed" in counts:  # the version store
             print(

@@ -25,8 +25,9 @@ from langchain_openai import ChatOpenAI
 from pydantic import Field
 
 from llmcache import MemoryTier, TieredCache, depends_on
-from llmcache.coalesce.coalescer import RETRY, Coalescer
+from llmcache.coalesce.coalescer import Coalescer
 from llmcache.coalesce.leaders import Owner
+from llmcache.coalesce.outcome import RETRY
 from llmcache.simulator import Simulator, SimulatorConfig
 from tests.conftest import ChatFactory, FakeClock
 

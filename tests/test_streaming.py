@@ -30,8 +30,9 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
 from llmcache import ConfigurationError, DiskTier, RedisTier, TieredCache, cached, depends_on
-from llmcache.coalesce.coalescer import RETRY, Coalescer
+from llmcache.coalesce.coalescer import Coalescer
 from llmcache.coalesce.leaders import HeldOwner, Owner
+from llmcache.coalesce.outcome import RETRY
 from llmcache.simulator import Simulator, SimulatorConfig
 from llmcache.stream_chunks import served_chunks, text_pieces
 from tests.conftest import ChatFactory, FakeClock

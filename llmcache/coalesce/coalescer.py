@@ -31,14 +31,13 @@ joined; a caller that misses after the invalidation does not join.
 
 Across processes, with a Redis L2, this process's leader also takes a lease
 in Redis, or waits for the process that holds it: ``coalesce/redis_leases.py``,
-which the engine attaches (this module never imports it).
+which the engine attaches (this module never imports it). What followers wait
+on, a value set once from any thread or loop, is ``coalesce/outcome.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import contextlib
 import os
 import threading
 import time
@@ -59,6 +58,7 @@ from llmcache.coalesce.leaders import (
     task_owner,
     thread_owner,
 )
+from llmcache.coalesce.outcome import GIVE_UP, RETRY, TIMEOUT, Outcome, Signal
 from llmcache.errors import ConfigurationError
 from llmcache.layers import Layers
 from llmcache.serialization import Record
@@ -80,87 +80,6 @@ __all__ = [
 COALESCED: Final = "coalesced"
 #: Seconds a follower may wait, or a function of ``(prompt, llm_string)`` giving them.
 WaitBound = float | Callable[[str, str], float]
-
-
-class _Signal(str):
-    """What a wait returns when there is no value to hand over."""
-
-
-TIMEOUT: Final = _Signal("TIMEOUT")  # a wait ran out of time
-RETRY: Final = _Signal("RETRY")  # the leader ended without a value: race to lead
-GIVE_UP: Final = _Signal("GIVE_UP")  # its value cannot be handed over: each goes alone
-NOTIFIED: Final = _Signal("NOTIFIED")  # another process finished or let go: read again
-_PENDING: Final = _Signal("PENDING")
-
-
-class Outcome:
-    """A value set once, from any thread, that threads and event loops can wait for."""
-
-    __slots__ = ("_event", "_futures", "_lock", "_value")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._event = threading.Event()
-        self._value: Any = _PENDING
-        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
-
-    @property
-    def done(self) -> bool:
-        return self._value is not _PENDING
-
-    @property
-    def value(self) -> Any:
-        return self._value
-
-    def set(self, value: Any) -> bool:
-        """Set the value and wake every waiter, each in its own thread or loop. First wins."""
-        with self._lock:
-            if self._value is not _PENDING:
-                return False
-            self._value = value
-            futures, self._futures = self._futures, []
-        self._event.set()
-        for loop, future in futures:
-            _wake(loop, future, value)
-        return True
-
-    def wait(self, timeout: float) -> Any:
-        """Block up to ``timeout`` seconds: the value, or TIMEOUT."""
-        return self._value if self._event.wait(timeout) else TIMEOUT
-
-    async def await_(self, timeout: float) -> Any:
-        """Await up to ``timeout`` seconds: the value, or TIMEOUT."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._value is not _PENDING:
-                return self._value
-            future: asyncio.Future[Any] = loop.create_future()
-            self._futures.append((loop, future))
-        timer = loop.call_later(timeout, _settle, future, TIMEOUT)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-            with self._lock:
-                if (loop, future) in self._futures:
-                    self._futures.remove((loop, future))
-
-
-def _settle(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any) -> None:
-    try:
-        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        _settle(future, value)
-    elif not loop.is_closed():
-        with contextlib.suppress(RuntimeError):  # closed in between: nobody waits there now
-            loop.call_soon_threadsafe(_settle, future, value)
 
 
 def _blocks_its_leader(follower: Owner, leader: Owner) -> bool:
@@ -466,7 +385,7 @@ class Coalescer:
         if self._flights.get(flight.key) is flight and self._gone(flight):
             self.release(flight, RETRY)
 
-    def release(self, flight: Flight, signal: _Signal = RETRY, *_: Any) -> None:
+    def release(self, flight: Flight, signal: Signal = RETRY, *_: Any) -> None:
         """End the flight without a value (a no-op if it ended already); also a done callback."""
         with self._lock:
             self._release_locked(flight, signal)
@@ -490,7 +409,7 @@ class Coalescer:
             return self.clock() - flight.started >= self.lease
         return not flight.owner.alive()
 
-    def _release_locked(self, flight: Flight, signal: _Signal, *, later: bool = True) -> bool:
+    def _release_locked(self, flight: Flight, signal: Signal, *, later: bool = True) -> bool:
         if self._flights.get(flight.key) is not flight:
             return False
         del self._flights[flight.key]

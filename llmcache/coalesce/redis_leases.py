@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from llmcache.backends.redis_batch import PerLoop
 from llmcache.backends.redis_subscriber import subscribe_until
-from llmcache.coalesce.coalescer import COALESCED, NOTIFIED, Flight, Outcome, Wait
+from llmcache.coalesce.coalescer import COALESCED, Flight, Wait
+from llmcache.coalesce.outcome import NOTIFIED, Outcome
 from llmcache.errors import TierError
 from llmcache.layers import Layers
 from llmcache.serialization import Record
