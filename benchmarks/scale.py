@@ -12,7 +12,12 @@ on every contender alike; ratios are medians of per-round ratios.
   1k and 10k): memory per entry (RSS), then a pass of first hits (keys never
   read in this process) with the median, p99.9 and worst latency and the full
   (generation-2) collections the pass triggered; and the default L1 over a
-  disk store of that size, opened by a fresh cache.
+  disk store of that size, opened by a fresh cache. Two floors beside them
+  (``_FloorCache``): what any cache keyed by a digest that hands out fresh,
+  checked objects pays on a first hit, keeping bytes (as the memory tier
+  does) or keeping each answer compiled for copying (objects, as
+  ``InMemoryCache`` keeps them), so the latency and the memory each way costs
+  are on one table.
 * ``concurrency``: 1,000 concurrent memory hits under ``asyncio.gather``, and
   the seed's warm menu job (300 prompts, 120 distinct, ``Semaphore(32)``).
 * ``redis``: LangChain's ``batch`` of 1,000 Redis hits (worker threads: its
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -47,17 +53,19 @@ import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import orjson
 from _redis_server import valkey_or
 from _results import write_results
 from langchain_core.caches import BaseCache, InMemoryCache
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration
+from langchain_core.outputs import ChatGeneration, Generation
 from langchain_openai import ChatOpenAI
 
 from llmcache import DiskTier, MemoryTier, TieredCache
+from llmcache.generations import Template, build_owned, compile_template, dump_generations
 from llmcache.simulator import Simulator, SimulatorConfig
 from llmcache.stats import percentile
 
@@ -69,9 +77,54 @@ TIERED = "TieredCache L1 (memory)"
 TIERED_DISK = "TieredCache L1 over disk (fresh process)"
 REDIS_LC = "langchain-community RedisCache"
 TIERED_REDIS = "TieredCache Redis L2 (L1 off)"
+FLOOR_BYTES = "floor: bytes kept, parsed and checked per hit"
+FLOOR_OBJECTS = "floor: objects kept, copied per hit"
 
 
 # -- shared pieces -------------------------------------------------------------------------
+
+
+class _FloorCache(BaseCache):
+    """A first hit with nothing but the work no safe cache can skip.
+
+    A SHA-256 key of the prompt and llm_string (no canonical form), one dict,
+    no TTL, LRU, namespaces, versions or counters; every hit hands out fresh
+    generations, checked against the same allowlist as TieredCache's. With
+    ``keep="bytes"`` an entry is its JSON bytes, parsed, checked and built on
+    each hit (what the memory tier does, less its bookkeeping); with
+    ``keep="objects"`` it is the answer compiled for copying (parsed and
+    checked once, as ``InMemoryCache`` keeps objects), and a hit copies it.
+    """
+
+    def __init__(self, keep: Literal["bytes", "objects"]) -> None:
+        self._keep = keep
+        self._entries: dict[str, bytes | Template] = {}
+
+    @staticmethod
+    def _key(prompt: str, llm_string: str) -> str:
+        return hashlib.sha256(f"{llm_string}\x00{prompt}".encode()).hexdigest()
+
+    def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
+        entry = self._entries.get(self._key(prompt, llm_string))
+        if entry is None:
+            return None
+        if type(entry) is bytes:
+            return build_owned(orjson.loads(entry))[0]
+        assert isinstance(entry, Template)
+        return entry.build()
+
+    def update(self, prompt: str, llm_string: str, return_val: Any) -> None:
+        payload = dump_generations(return_val)
+        key = self._key(prompt, llm_string)
+        if self._keep == "bytes":
+            # Not orjson.dumps: its bytes keep the whole buffer it grew (12 KB for
+            # this 2.4 KB answer), which RSS would charge to the floor.
+            self._entries[key] = json.dumps(payload, separators=(",", ":")).encode()
+        else:
+            self._entries[key] = compile_template(payload, owned=False)
+
+    def clear(self, **kwargs: Any) -> None:
+        self._entries.clear()
 
 
 def _sqlite(directory: Path) -> BaseCache:
@@ -94,6 +147,10 @@ def _cache(name: str, directory: Path, *, entries: int = 10_000, url: str = "") 
         return TieredCache(l2=_disk(directory))
     if name == TIERED_REDIS:
         return TieredCache(l1=None, l2=url, secret=None)
+    if name == FLOOR_BYTES:
+        return _FloorCache("bytes")
+    if name == FLOOR_OBJECTS:
+        return _FloorCache("objects")
     if name == REDIS_LC:
         import redis
 
@@ -404,7 +461,7 @@ def part_conversation(args: argparse.Namespace, tmp: Path, base_url: str) -> dic
 
 def part_entries(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sizes = [1_000, 10_000] if args.quick else [1_000, 100_000, 1_000_000]
-    names = [MEMORY, TIERED, TIERED_DISK]
+    names = [MEMORY, TIERED, TIERED_DISK, FLOOR_BYTES, FLOOR_OBJECTS]
     table: dict[str, Any] = {}
     for entries in sizes:
         for name in names:
