@@ -561,6 +561,12 @@ def markdown(report: dict[str, Any]) -> str:
                 f" | {hits['p99_9_us']:.1f} | {hits['worst_us']:.1f}"
                 f" | {row['full_collections']} | {row['collection_ms']:.1f} |"
             )
+        lines.append(
+            "\nThe floors: a dict keyed by SHA-256, no TTL, LRU, namespaces or counters,"
+            " handing out fresh generations checked against TieredCache's allowlist,"
+            " keeping each answer's bytes (parsed per hit) or its compiled objects"
+            " (copied per hit)."
+        )
     if "concurrency" in report:
         conc = report["concurrency"]
         lines += ["", "## Concurrency (memory hits)", ""]
