@@ -338,7 +338,13 @@ def test_a_process_that_ends_while_leading_releases_its_lease(shared: tuple[str,
 async def test_concurrent_leases_on_a_fresh_cluster_leave_the_breakers_closed(
     redis_cluster: RedisClusterServers, key_prefix: str
 ) -> None:
-    tier = RedisTier(redis_cluster.url, cluster=True, prefix=key_prefix)
+    # What this tells apart is connections lost under concurrent commands on a
+    # fresh cluster client (errors at once), not speed: generous timeouts, so a
+    # slow machine stalling one read past the 0.25 s default (seen once in CI)
+    # is not taken for it.
+    tier = RedisTier(
+        redis_cluster.url, cluster=True, prefix=key_prefix, socket_timeout=5, connect_timeout=5
+    )
     cache = TieredCache(l1=None, l2=tier, namespace="fresh")
     answer = [ChatGeneration(message=AIMessage("stored"))]
     try:
