@@ -12,15 +12,19 @@ since its last report to a small record in that store:
   one small transaction of upserts.
 
 When: one thread per process wakes every ``interval`` seconds and reports the
-caches that counted something since; a cache also reports when it is closed
-or collected, and at interpreter exit. Never on a lookup's path: a lookup
-only starts the thread, once, from its slow path. A report that fails is
+caches that counted something since; a cache also reports when it is closed,
+at interpreter exit, and after it is collected (the thread's next wake-up
+sends its last report: a collection runs at whatever allocation triggers it,
+perhaps while that very thread holds one of our locks or is inside a store
+write, so the finalizer only queues the recorder). Never on a lookup's path:
+a lookup only starts the thread, once, from its slow path. A report that fails is
 logged once and retried at the next (its deltas are kept); the cache's own
 counters are never touched. A forked child reports only what it counts itself.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -28,6 +32,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -170,7 +175,8 @@ class FleetRecorder:
 
     ``totals`` must not hold the cache itself (it reads the cache's counters):
     the recorder lives as long as its cache, and reports one last time when
-    the cache is closed, collected, or the interpreter exits (``weakref.finalize``).
+    the cache is closed, after it is collected (``weakref.finalize``, through
+    the flusher thread), or when the interpreter exits.
     """
 
     def __init__(
@@ -197,8 +203,11 @@ class FleetRecorder:
         _ALL.add(self)
 
     def attach(self, owner: object) -> None:
-        """Report one last time when ``owner`` (the cache) is collected, or at exit."""
-        self._final = weakref.finalize(owner, self._last_report)
+        """Report one last time after ``owner`` (the cache) is collected, or at exit."""
+        # The finalizer takes no lock and does no I/O (see the module docstring);
+        # exit is reported by _report_at_exit, in the exiting thread.
+        self._final = weakref.finalize(owner, _FLUSHER.retire, self)
+        self._final.atexit = False
 
     def start(self) -> None:
         """Report every ``interval`` seconds from now on (called once, off the hit path)."""
@@ -263,6 +272,9 @@ class _Flusher:
         self._recorders: weakref.WeakSet[FleetRecorder] = weakref.WeakSet()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # Recorders whose caches were collected, for their last report. Appended
+        # by finalizers (deque.append is atomic: no lock), drained by the thread.
+        self._retired: deque[FleetRecorder] = deque()
 
     def add(self, recorder: FleetRecorder) -> None:
         with self._lock:
@@ -279,9 +291,29 @@ class _Flusher:
         with self._lock:
             self._recorders.discard(recorder)
 
+    def retire(self, recorder: FleetRecorder) -> None:
+        """Its cache was collected: the thread sends its last report at its next wake-up.
+
+        Called by a finalizer, in whichever thread the collection ran: it must
+        not wait for a lock that thread may hold (``Event.set`` would), so the
+        thread is not woken, and a last report waits at most one interval.
+        """
+        if recorder.started:
+            self._retired.append(recorder)
+
+    def report_retired(self) -> None:
+        """The last report of every collected cache queued so far."""
+        while True:
+            try:
+                recorder = self._retired.popleft()
+            except IndexError:
+                return
+            recorder._last_report()
+
     def _run(self) -> None:
         due: weakref.WeakKeyDictionary[FleetRecorder, float] = weakref.WeakKeyDictionary()
         while True:
+            self.report_retired()
             now = time.monotonic()
             with self._lock:
                 recorders = list(self._recorders)
@@ -305,13 +337,23 @@ class _Flusher:
         self._thread = None
         self._wake = threading.Event()
         self._recorders = weakref.WeakSet()
+        self._retired = deque()  # the parent's to report
         for recorder in list(_ALL):
             recorder._forked()
             if recorder.started:
                 self.add(recorder)
 
 
+def _report_at_exit() -> None:
+    """At interpreter exit: the last report of every started recorder, collected or not."""
+    _FLUSHER.report_retired()
+    for recorder in list(_ALL):
+        if recorder.started:
+            recorder._last_report()
+
+
 _ALL: weakref.WeakSet[FleetRecorder] = weakref.WeakSet()
 _FLUSHER = _Flusher()
+atexit.register(_report_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_FLUSHER._forked)

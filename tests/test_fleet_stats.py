@@ -223,3 +223,53 @@ def test_a_forked_child_reports_its_own_counts_only(tmp_path: Path) -> None:
     cache.close()
     usage = read_disk(tmp_path)["default"]
     assert usage["hits"] == 5 and usage["processes"] == 2
+
+
+# A cache collected by a collection that runs while this very thread holds the
+# reporter's lock (a collection runs at whatever allocation triggers it). Its
+# finalizer used to take that lock and report on the spot: the thread waited
+# for itself, forever. Run in a child, so that a deadlock fails the test
+# instead of hanging the suite.
+COLLECTED_UNDER_LOCK = """
+import gc, sys, time
+from pathlib import Path
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration
+from llmcache import DiskTier, TieredCache
+from llmcache import fleet
+from llmcache.fleet import read_disk
+
+where = Path(sys.argv[1])
+cache = TieredCache(l1=None, l2=DiskTier(where), stats_interval=0.05)
+cache.update("p", "l", [ChatGeneration(message=AIMessage("x"))])
+assert cache.lookup("p", "l") is not None
+recorder = cache._engine.fleet
+cache.cycle = cache  # only a collection frees it
+del cache
+# The locks a report takes, held by the thread the collection runs in (the
+# reporter thread holds both while it reports this recorder).
+with fleet._FLUSHER._lock, recorder._lock:
+    gc.collect()
+del recorder
+deadline = time.monotonic() + 20  # the flusher thread sends the last report
+while read_disk(where).get("default", {}).get("hits") != 1:
+    assert time.monotonic() < deadline, read_disk(where)
+    time.sleep(0.02)
+print("reported")
+"""
+
+
+def test_a_cache_collected_while_its_reporter_locks_are_held_reports_later(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", COLLECTED_UNDER_LOCK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "reported"
