@@ -30,6 +30,7 @@ from llmcache import serialization
 from llmcache.decoded_memo import DecodedMemo
 from llmcache.errors import ConfigurationError, IntegrityError
 from llmcache.invalidation import MemoryVersions, VersionStore
+from llmcache.lockstep import run_in_lockstep
 from llmcache.serialization import Record, Signer
 from llmcache.stats import Counters, TierStats
 from llmcache.tiers import (
@@ -49,9 +50,6 @@ from llmcache.tiers import (
 __all__ = ["Layers"]
 
 T = TypeVar("T")
-
-#: The operations :meth:`Layers.run_many` batches, and the tier method that takes a batch.
-_BATCHED: dict[type, str] = {Get: "get_many", Put: "set_many"}
 
 
 class Layers:
@@ -124,66 +122,8 @@ class Layers:
         return result
 
     def run_many(self, flows: Sequence[Flow[T]]) -> list[T]:
-        """Drive several flows with blocking calls, in lockstep; their results in order.
-
-        The operations the flows ask for at the same step go out together: the
-        gets (or puts) addressed to a tier that has ``get_many`` (``set_many``)
-        as one batch, so a batch of N keys costs one Redis round trip, not N.
-        Everything else runs one by one, as :meth:`run` would. The async path
-        needs no twin: ``asyncio.gather`` of :meth:`arun` lets the Redis tier's
-        auto-batcher merge the same operations.
-        """
-        results: list[Any] = [None] * len(flows)
-        waiting: dict[int, Op] = {}
-
-        def advance(position: int, reply: Any, first: bool = False) -> None:
-            try:
-                op = next(flows[position]) if first else flows[position].send(reply)
-            except StopIteration as stop:
-                results[position] = stop.value
-            else:
-                waiting[position] = op
-
-        for position in range(len(flows)):
-            advance(position, None, first=True)
-        while waiting:
-            step, waiting = waiting, {}
-            for position, reply in self._perform_step(step).items():
-                advance(position, reply)
-        return results
-
-    def _perform_step(self, ops: Mapping[int, Op]) -> dict[int, Any]:
-        """One lockstep step of :meth:`run_many`: batches where a tier takes them."""
-        replies: dict[int, Any] = {}
-        batches: dict[tuple[str, int], list[int]] = {}
-        for position, op in ops.items():
-            method = _BATCHED.get(type(op))
-            if method is not None and hasattr(self._targets[op.index], method):
-                batches.setdefault((method, op.index), []).append(position)
-            else:
-                replies[position] = self._perform(op)
-        for (method, index), members in batches.items():
-            if len(members) == 1:
-                replies[members[0]] = self._perform(ops[members[0]])
-                continue
-            counters = self._counters[index]
-            start = time.perf_counter()
-            try:
-                if method == "get_many":
-                    keys = [ops[position].key for position in members]  # type: ignore[union-attr]
-                    values = list(self._targets[index].get_many(keys))
-                else:
-                    items = [(op.key, op.value, op.ttl) for op in (ops[m] for m in members)]  # type: ignore[union-attr]
-                    self._targets[index].set_many(items)
-                    values = [True] * len(members)
-            except Exception as exc:  # fail-open, once for the batch: every key of it misses
-                counters.failure("errors", method, exc)
-                values = [None] * len(members)
-            else:
-                if method == "get_many":  # one round trip, one latency sample
-                    counters.observe(time.perf_counter() - start)
-            replies.update(zip(members, values))
-        return replies
+        """Drive several flows with blocking calls, in lockstep (see ``llmcache.lockstep``)."""
+        return run_in_lockstep(flows, self._targets, self._counters, self._perform)
 
     async def arun(self, flow: Flow[T]) -> T:
         """Drive a flow with awaits (no thread-pool hop)."""
