@@ -38,7 +38,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
@@ -52,6 +52,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException, ResponseEr
 
 from llmcache.backends.breaker import CircuitBreaker
 from llmcache.backends.redis_batch import AutoBatcher, PerLoop, run_cluster, run_single
+from llmcache.backends.redis_clear import SCAN_COUNT, clear_steps, issue, node_name
 from llmcache.backends.redis_clients import async_client, close_sync_client, sync_client
 from llmcache.backends.redis_round_trips import (
     Command,
@@ -69,11 +70,8 @@ from llmcache.keys import namespace_prefix
 
 __all__ = ["RedisTier"]
 
-_SCAN_COUNT = 1000
 #: Starts every internal key and channel; validate_namespace refuses it in a namespace.
 INTERNAL = "~"
-
-Step = tuple[str, Any, Any]  # ("scan", node, (cursor, match)) or ("unlink", node, keys)
 
 
 @dataclass(eq=False)
@@ -368,12 +366,12 @@ class RedisTier:
         with self._guard(self._seed, "clear"):
             client = self._client()
             nodes = client.get_primaries() if self.cluster else [None]
-        steps, reply = self._clear_steps(match, nodes), None
+        steps, reply = clear_steps(match, nodes), None
         with suppress(StopIteration):
             while True:
                 step = steps.send(reply)
-                with self._guard(_name(step[1]), "clear"):
-                    pending, finish = self._command(client, step)
+                with self._guard(node_name(step[1]), "clear"):
+                    pending, finish = issue(client, step)
                     reply = finish(pending)
 
     def keys(self, namespace: str) -> list[str]:
@@ -386,11 +384,11 @@ class RedisTier:
             client = self._client()
             if self.cluster:
                 found = client.scan_iter(
-                    match=match, count=_SCAN_COUNT,
+                    match=match, count=SCAN_COUNT,
                     target_nodes=redis.cluster.RedisCluster.PRIMARIES,
                 )  # fmt: skip
             else:
-                found = client.scan_iter(match=match, count=_SCAN_COUNT)
+                found = client.scan_iter(match=match, count=SCAN_COUNT)
             return [_as_bytes(rkey).decode() for rkey in found]
 
     def close(self) -> None:
@@ -428,45 +426,17 @@ class RedisTier:
             if self.cluster:
                 await client.initialize()
             nodes = client.get_primaries() if self.cluster else [None]
-        steps, reply = self._clear_steps(match, nodes), None
+        steps, reply = clear_steps(match, nodes), None
         with suppress(StopIteration):
             while True:
                 step = steps.send(reply)
-                with self._guard(_name(step[1]), "clear"):
-                    pending, finish = self._command(client, step)
+                with self._guard(node_name(step[1]), "clear"):
+                    pending, finish = issue(client, step)
                     reply = finish(await pending)
 
     async def aclose(self) -> None:
         await self._loops.aclose_current()
         self.close()
-
-    # -- clear, written once for both drivers ---------------------------------------------
-
-    def _clear_steps(self, match: str, nodes: list[Any]) -> Generator[Step, Any, None]:
-        for node in nodes:
-            cursor = 0
-            while True:
-                cursor, keys = yield ("scan", node, (cursor, match))
-                if keys:
-                    yield ("unlink", node, keys)
-                if not cursor:
-                    break
-
-    def _command(self, client: Any, step: Step) -> tuple[Any, Callable[[Any], Any]]:
-        """Issue one step; returns the reply (or awaitable) and what turns it into a result."""
-        what, node, arg = step
-        if what == "scan":
-            cursor, match = arg
-            if node is None:
-                return client.scan(cursor, match=match, count=_SCAN_COUNT), _same
-            pending = client.scan(cursor, match=match, count=_SCAN_COUNT, target_nodes=node)
-            return pending, lambda reply: (reply[0][node.name], reply[1])
-        if node is None:
-            return client.unlink(*arg), _same
-        pipe = client.pipeline()  # the keys of one master may sit in many slots
-        for key in arg:
-            pipe.execute_command("UNLINK", key)  # the async cluster pipe.unlink is a coroutine
-        return pipe.execute(), _same
 
     def __repr__(self) -> str:
         where = redact(self.url) if self.url else "clients passed in"
@@ -486,14 +456,6 @@ async def _within(seconds: float, call: Callable[[], Awaitable[list[Result]]]) -
 def _answered(exc: BaseException) -> bool:
     """Did the server answer (an error reply), so that it is known to be alive?"""
     return isinstance(exc, ResponseError) and not isinstance(exc, ClusterDownError)
-
-
-def _same(reply: Any) -> Any:
-    return reply
-
-
-def _name(node: Any) -> str:
-    return "server" if node is None else str(node.name)
 
 
 def _px(ttl: float | None) -> int | None:
