@@ -148,7 +148,12 @@ def read_disk(directory: Path, namespace: str | None = None) -> dict[str, dict[s
     )
     uri = database.resolve().as_uri() + "?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
-        rows = db.execute(query, () if namespace is None else (namespace,)).fetchall()
+        try:
+            rows = db.execute(query, () if namespace is None else (namespace,)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return {}  # the first report is creating the file this instant: none yet
     found: dict[str, dict[str, int]] = {}
     for name, field, value in rows:
         found.setdefault(str(name), {})[str(field)] = int(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,18 @@ def test_a_report_never_creates_the_cache_directory(tmp_path: Path) -> None:
     assert cache.flush_stats()
     cache.close()
     assert not directory.exists()
+
+
+def test_a_stats_file_being_created_reads_as_no_reports(tmp_path: Path) -> None:
+    # The first report creates the file, then its table: a reader in between
+    # (``llmcache stats --dir``) sees a file with no table.
+    sqlite3.connect(tmp_path / STATS_FILE).close()
+    assert read_disk(tmp_path) == {}
+    cache = TieredCache(l2=DiskTier(tmp_path), stats_interval=3600)
+    cache.update("p", "l", _answer())
+    cache.lookup("p", "l")
+    cache.close()
+    assert read_disk(tmp_path)["default"]["hits"] == 1
 
 
 def test_a_forked_child_reports_its_own_counts_only(tmp_path: Path) -> None:
