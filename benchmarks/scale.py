@@ -338,10 +338,12 @@ def _concurrency_worker(spec: dict[str, Any]) -> None:
     async def warm() -> None:
         await asyncio.gather(*(model.ainvoke(p) for p in hits + menu[: spec["distinct"]]))
 
-    async def gather_hits() -> float:
-        start = time.perf_counter()
-        await asyncio.gather(*(model.ainvoke(p) for p in hits))
-        return len(hits) / (time.perf_counter() - start)
+    async def gather_hits() -> tuple[float, FullCollections]:
+        with FullCollections() as collections:
+            start = time.perf_counter()
+            await asyncio.gather(*(model.ainvoke(p) for p in hits))
+            elapsed = time.perf_counter() - start
+        return len(hits) / elapsed, collections
 
     async def menu_job() -> float:
         gate = asyncio.Semaphore(32)
@@ -357,9 +359,11 @@ def _concurrency_worker(spec: dict[str, Any]) -> None:
     asyncio.run(warm())
     print("ready", flush=True)
     for _ in sys.stdin:
-        throughput = asyncio.run(gather_hits())
+        throughput, collections = asyncio.run(gather_hits())
         wall = asyncio.run(menu_job())
-        print(json.dumps({"hits_per_s": throughput, "menu_s": wall}), flush=True)
+        result = {"hits_per_s": throughput, "menu_s": wall}
+        result.update(full_collections=collections.count, collection_s=collections.seconds)
+        print(json.dumps(result), flush=True)
 
 
 def _redis_worker(spec: dict[str, Any]) -> None:
@@ -484,7 +488,8 @@ def part_entries(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def part_concurrency(args: argparse.Namespace, tmp: Path, base_url: str) -> dict[str, Any]:
-    names = [MEMORY, TIERED]
+    # The objects floor: the least a cache that hands out fresh objects can do.
+    names = [MEMORY, TIERED, FLOOR_OBJECTS]
     spec = {"base_url": base_url, "dir": str(tmp / "conc"), "distinct": 120}
     spec["hits"] = 200 if args.quick else 1_000
     runs = _interleaved("concurrency", names, spec, 2 if args.quick else args.rounds, args.seed)
@@ -499,6 +504,19 @@ def part_concurrency(args: argparse.Namespace, tmp: Path, base_url: str) -> dict
             series(TIERED, "hits_per_s"), series(MEMORY, "hits_per_s")
         ),
         "menu ratio vs InMemoryCache": _paired(series(TIERED, "menu_s"), series(MEMORY, "menu_s")),
+        "floor hits ratio vs InMemoryCache": _paired(
+            series(FLOOR_OBJECTS, "hits_per_s"), series(MEMORY, "hits_per_s")
+        ),
+        "floor menu ratio vs InMemoryCache": _paired(
+            series(FLOOR_OBJECTS, "menu_s"), series(MEMORY, "menu_s")
+        ),
+        # Per gathered pass of hits: full (generation-2) collections and their time.
+        "full_collections": {
+            name: statistics.median(series(name, "full_collections")) for name in names
+        },
+        "collection_ms": {
+            name: statistics.median(series(name, "collection_s")) * 1e3 for name in names
+        },
     }
 
 
@@ -570,14 +588,23 @@ def markdown(report: dict[str, Any]) -> str:
     if "concurrency" in report:
         conc = report["concurrency"]
         lines += ["", "## Concurrency (memory hits)", ""]
-        lines += ["| contender | gathered hits/s | warm menu job (s) |", "|---|---:|---:|"]
+        lines += [
+            "| contender | gathered hits/s | full collections a pass | in them (ms)"
+            " | warm menu job (s) |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for name in conc["hits_per_s"]:
             lines.append(
-                f"| {name} | {conc['hits_per_s'][name]:.0f} | {conc['menu_s'][name]:.3f} |"
+                f"| {name} | {conc['hits_per_s'][name]:.0f}"
+                f" | {conc['full_collections'][name]:.0f} | {conc['collection_ms'][name]:.0f}"
+                f" | {conc['menu_s'][name]:.3f} |"
             )
         lines.append(
             f"\nTieredCache / InMemoryCache: hits {conc['hits ratio vs InMemoryCache']:.3f}x"
             f" throughput, menu job {conc['menu ratio vs InMemoryCache']:.3f}x wall time."
+            f" The objects floor / InMemoryCache: hits"
+            f" {conc['floor hits ratio vs InMemoryCache']:.3f}x, menu job"
+            f" {conc['floor menu ratio vs InMemoryCache']:.3f}x."
         )
     if "redis" in report:
         red = report["redis"]
